@@ -1,0 +1,683 @@
+// The PostgreSQL JobQueue. SQL lives in the statements below; the connection layer is
+// pg_connection.cpp; the schema and its migrations are schema.cpp.
+#include <penguiflow/backends/postgres.hpp>
+#include <penguiflow/queue/detail/wait_set.hpp>
+#include <penguiflow/queue/ids.hpp>
+#include <penguiflow/queue/job_codec.hpp>
+
+#include "pg_connection.hpp"
+#include "schema.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
+#include <boost/url/parse.hpp>
+
+#include <algorithm>
+#include <cstdio>
+
+namespace penguiflow::queue {
+namespace {
+namespace asio = boost::asio;
+namespace json = boost::json;
+using pg::Params;
+using pg::PgConnection;
+using pg::PgError;
+using pg::PgResult;
+using pg::Statement;
+using Clock = std::chrono::steady_clock;
+
+constexpr auto kConnectTimeout = std::chrono::seconds(10);
+constexpr auto kBackoffMin = std::chrono::milliseconds(100);
+constexpr auto kBackoffMax = std::chrono::seconds(5);
+// An idle fetch re-checks at least this often even without a notification: a lease taken
+// after its last check may expire (the owner crashed) without anything being notified.
+constexpr double kIdleRecheckS = 10.0;
+// While the LISTEN connection is down, idle fetches fall back to polling this often.
+constexpr auto kPollWithoutListen = std::chrono::seconds(1);
+
+std::string num(double d) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.17g", d);
+  return buf;
+}
+
+// Column list shared by every statement that returns jobs (alias j).
+constexpr const char* kCols =
+    "j.id, j.flow, j.tenant, j.payload, j.raw, j.attempts, j.max_attempts, j.priority, j.run_at, j.deadline_s, "
+    "j.idempotency_key, j.state, j.reason, j.details, j.result, j.latency_s, j.created_at, j.updated_at, "
+    "j.lease_owner, j.lease_token, j.lease_expires_at, j.seq";
+enum Col {
+  c_id, c_flow, c_tenant, c_payload, c_raw, c_attempts, c_max_attempts, c_priority, c_run_at, c_deadline_s,
+  c_idem, c_state, c_reason, c_details, c_result, c_latency, c_created, c_updated, c_owner, c_token, c_lease_exp,
+  c_seq
+};
+
+json::value parse_or_string(std::string_view text) {
+  if (text.empty()) return nullptr;
+  std::error_code ec;
+  auto v = json::parse(text, ec);
+  if (ec) return json::string(text);
+  return v;
+}
+
+// A row's fields except payload (decoded separately for Q9).
+Job row_to_job(const PgResult& r, int i) {
+  Job j;
+  j.id = std::string(r.text(i, c_id));
+  j.flow = std::string(r.text(i, c_flow));
+  j.tenant = std::string(r.text(i, c_tenant));
+  j.attempts = static_cast<int>(r.integer(i, c_attempts));
+  j.max_attempts = static_cast<int>(r.integer(i, c_max_attempts, 5));
+  j.priority = static_cast<int>(r.integer(i, c_priority));
+  j.run_at = r.number(i, c_run_at);
+  if (!r.is_null(i, c_deadline_s)) j.deadline_s = r.number(i, c_deadline_s);
+  j.idempotency_key = std::string(r.text(i, c_idem));
+  j.state = parse_job_state(r.text(i, c_state)).value_or(JobState::queued);
+  j.reason = std::string(r.text(i, c_reason));
+  j.details = parse_or_string(r.text(i, c_details));
+  j.result = parse_or_string(r.text(i, c_result));
+  if (!r.is_null(i, c_latency)) j.latency_s = r.number(i, c_latency);
+  j.created_at = r.number(i, c_created);
+  j.updated_at = r.number(i, c_updated);
+  j.lease_owner = std::string(r.text(i, c_owner));
+  j.lease_expires_at = r.number(i, c_lease_exp);
+  return j;
+}
+
+// For inspection: the payload as stored (a string when it is not JSON).
+Job row_to_job_full(const PgResult& r, int i) {
+  Job j = row_to_job(r, i);
+  if (!r.is_null(i, c_payload)) j.payload = parse_or_string(r.text(i, c_payload));
+  else if (!r.is_null(i, c_raw)) j.payload = json::string(r.text(i, c_raw));
+  return j;
+}
+
+class PostgresQueue final : public JobQueue {
+ public:
+  PostgresQueue(asio::any_io_executor ex, std::string url, QueueConfig config)
+      : ex_(ex),
+        url_(std::move(url)),
+        redacted_(redact_url(url_)),
+        config_(std::move(config)),
+        qs_(pg::quote_ident(config_.namespace_)),
+        app_name_(("penguiflow " + config_.namespace_).substr(0, 63)),
+        db_(ex, "postgresql queue " + redacted_),
+        listen_(ex, "postgresql queue " + redacted_ + " (listen)"),
+        listen_timer_(ex) {
+    auto u = boost::urls::parse_uri(url_);
+    if (u && u->has_password()) secret_ = u->password();
+    build_statements();
+  }
+
+  Task<void> start() {
+    co_await connect_db();
+    co_await migrate();
+    co_await connect_listen();
+    asio::co_spawn(ex_, listen_loop(), asio::detached);
+  }
+
+  // --- enqueue -------------------------------------------------------------------------
+
+  Task<EnqueueResult> enqueue(NewJob job) override {
+    std::vector<NewJob> one;
+    one.push_back(std::move(job));
+    auto r = co_await enqueue_bulk(std::move(one));
+    co_return r.at(0);
+  }
+
+  Task<std::vector<EnqueueResult>> enqueue_bulk(std::vector<NewJob> jobs) override {
+    std::vector<EnqueueResult> out(jobs.size());
+    if (jobs.empty()) co_return out;
+    json::array arr;
+    arr.reserve(jobs.size());
+    for (std::size_t i = 0; i < jobs.size(); ++i) {
+      const auto& nj = jobs[i];
+      out[i].id = new_job_id();
+      json::object o;
+      o["ord"] = i;
+      o["id"] = out[i].id;
+      o["flow"] = nj.flow;
+      o["tenant"] = nj.tenant;
+      o["payload"] = json::serialize(nj.payload);
+      o["max_attempts"] = nj.max_attempts;
+      o["priority"] = nj.priority;
+      o["delay_s"] = std::max(0.0, nj.delay_s);
+      if (nj.deadline_s) o["deadline_s"] = *nj.deadline_s;
+      if (!nj.idempotency_key.empty()) o["idempotency_key"] = nj.idempotency_key;
+      arr.push_back(std::move(o));
+    }
+    Params p{json::serialize(arr)};
+    auto r = co_await query(st_enqueue_, p);
+    std::vector<std::size_t> unresolved;
+    for (int row = 0; row < r.rows(); ++row) {
+      auto ord = static_cast<std::size_t>(r.integer(row, 0));
+      if (ord >= out.size()) continue;
+      out[ord].created = r.boolean(row, 1);
+      if (!r.is_null(row, 2)) out[ord].id = std::string(r.text(row, 2));
+      else unresolved.push_back(ord);
+    }
+    if (!unresolved.empty()) {
+      // The key was taken within this batch or by a transaction that committed after our
+      // snapshot: look the winners up now.
+      json::array keys;
+      for (auto i : unresolved) keys.push_back(json::string(jobs[i].idempotency_key));
+      Params kp{json::serialize(keys)};
+      auto k = co_await query(st_ids_by_key_, kp);
+      std::map<std::string, std::string, std::less<>> by_key;
+      for (int row = 0; row < k.rows(); ++row) by_key[std::string(k.text(row, 0))] = std::string(k.text(row, 1));
+      for (auto i : unresolved) {
+        out[i].created = false;
+        if (auto it = by_key.find(jobs[i].idempotency_key); it != by_key.end()) out[i].id = it->second;
+      }
+    }
+    co_return out;
+  }
+
+  // --- fetch ---------------------------------------------------------------------------
+
+  Task<std::vector<LeasedJob>> fetch(FetchRequest req) override {
+    const int n = std::clamp(req.max_jobs, 1, 10000);
+    const auto deadline = Clock::now() + std::max(req.wait, std::chrono::milliseconds(0));
+    const double lease_s = std::max<double>(0.001, req.lease.count() / 1000.0);
+    while (true) {
+      if (closing_) throw QueueError("postgresql queue " + redacted_ + ": closed");
+      pump_notifications();
+      const bool idle_known = idle_.valid && listen_up_ && idle_.epoch == epoch_ && Clock::now() < idle_.recheck_at;
+      if (!idle_known) {
+        const auto epoch_before = epoch_;
+        const bool listening = listen_up_;
+        Params p{std::to_string(n), req.owner, num(lease_s)};
+        auto r = co_await query(st_claim_, p);
+        if (r.rows() > 0) {
+          idle_.valid = false;
+          auto jobs = co_await decode_claimed(r);
+          if (!jobs.empty()) co_return jobs;
+          continue;  // everything claimed was bad data and is dead now; look again
+        }
+        // Nothing ready: find when something will be (a delayed job, an expiring lease).
+        Params none;
+        auto d = co_await query(st_next_due_, none);
+        double due_in = d.rows() && !d.is_null(0, 0) ? d.number(0, 0) : kIdleRecheckS;
+        // At least a few ms: a due job can be briefly locked by another claimer (SKIP LOCKED).
+        due_in = std::clamp(due_in, 0.005, kIdleRecheckS);
+        idle_ = {listening, epoch_before, detail::steady_after(due_in) + std::chrono::milliseconds(1)};
+      }
+      const auto now = Clock::now();
+      if (now >= deadline) co_return std::vector<LeasedJob>{};
+      auto until = std::min(deadline, idle_.recheck_at);
+      if (!listen_up_) until = std::min(until, now + kPollWithoutListen);
+      co_await waiters_.wait_until(until);
+    }
+  }
+
+  // --- settle --------------------------------------------------------------------------
+
+  Task<Settle> complete(const Lease& lease, json::value result, double latency_s) override {
+    Params p{lease.job_id, lease.token, json::serialize(result), num(latency_s)};
+    auto r = co_await query(st_complete_, p);
+    co_return r.affected() > 0 ? Settle::ok : Settle::stale;
+  }
+
+  Task<Settle> retry(const Lease& lease, double delay_s, std::string reason) override {
+    Params p{lease.job_id, lease.token, num(std::max(0.0, delay_s)), std::move(reason)};
+    auto r = co_await query(st_retry_, p);
+    co_return r.affected() > 0 ? Settle::ok : Settle::stale;
+  }
+
+  Task<Settle> fail(const Lease& lease, std::string reason, json::value details) override {
+    Params p{lease.job_id, lease.token, std::move(reason), json::serialize(details)};
+    auto r = co_await query(st_fail_, p);
+    co_return r.affected() > 0 ? Settle::ok : Settle::stale;
+  }
+
+  Task<Settle> heartbeat(Lease& lease, std::chrono::milliseconds extend) override {
+    Params p{lease.job_id, lease.token, num(std::max<double>(0.001, extend.count() / 1000.0))};
+    auto r = co_await query(st_heartbeat_, p);
+    if (r.rows() == 0) co_return Settle::stale;
+    lease.expires_at = r.number(0, 0);
+    co_return Settle::ok;
+  }
+
+  // --- inspection ----------------------------------------------------------------------
+
+  Task<Counts> counts() override {
+    Params none;
+    auto r = co_await query(st_counts_, none);
+    Counts c;
+    for (auto s : {JobState::queued, JobState::running, JobState::succeeded, JobState::dead})
+      c.by_state[std::string(to_string(s))] = 0;
+    for (int i = 0; i < r.rows(); ++i) {
+      std::string tenant(r.text(i, 0)), state(r.text(i, 1));
+      auto n = r.integer(i, 2);
+      c.by_state[state] += n;
+      c.by_tenant[tenant][state] += n;
+    }
+    co_return c;
+  }
+
+  Task<std::vector<Job>> list(ListFilter filter) override {
+    Params p{filter.state ? std::optional<std::string>(std::string(to_string(*filter.state))) : std::nullopt,
+             filter.tenant, std::to_string(std::max(0, filter.limit))};
+    auto r = co_await query(st_list_, p);
+    std::vector<Job> out;
+    for (int i = 0; i < r.rows(); ++i) out.push_back(row_to_job_full(r, i));
+    co_return out;
+  }
+
+  Task<std::optional<Job>> get(std::string id, std::optional<std::string> tenant) override {
+    Params p{std::move(id), std::move(tenant)};
+    auto r = co_await query(st_get_, p);
+    if (r.rows() == 0) co_return std::nullopt;
+    co_return row_to_job_full(r, 0);
+  }
+
+  Task<std::int64_t> requeue_dead(std::vector<std::string> ids, std::optional<std::string> tenant) override {
+    std::optional<std::string> id_list;
+    if (!ids.empty()) {
+      json::array a;
+      for (auto& id : ids) a.push_back(json::string(id));
+      id_list = json::serialize(a);
+    }
+    Params p{std::move(id_list), std::move(tenant)};
+    auto r = co_await query(st_requeue_, p);
+    co_return r.affected();
+  }
+
+  Task<bool> cancel(std::string id, std::optional<std::string> tenant) override {
+    Params p{std::move(id), std::move(tenant)};
+    auto r = co_await query(st_cancel_, p);
+    co_return r.affected() > 0;
+  }
+
+  Task<std::int64_t> purge(double older_than_s) override {
+    Params p{num(older_than_s)};
+    auto r = co_await query(st_purge_, p);
+    co_return r.affected();
+  }
+
+  // --- effects -------------------------------------------------------------------------
+
+  Task<json::value> record_effect(std::string key, json::value value) override {
+    Params p{key, json::serialize(value)};
+    auto r = co_await query(st_record_effect_, p);
+    if (r.rows() > 0) co_return parse_or_string(r.text(0, 0));
+    // Inserted concurrently by a transaction our snapshot did not see: read it now.
+    auto found = co_await lookup_effect(std::move(key));
+    if (found) co_return *found;
+    throw QueueError("postgresql queue " + redacted_ + ": effect vanished while recording it");
+  }
+
+  Task<std::optional<json::value>> lookup_effect(std::string key) override {
+    Params p{std::move(key)};
+    auto r = co_await query(st_lookup_effect_, p);
+    if (r.rows() == 0) co_return std::nullopt;
+    co_return parse_or_string(r.text(0, 0));
+  }
+
+  // --- lifecycle -----------------------------------------------------------------------
+
+  Task<void> close() override {
+    if (closed_) co_return;
+    closed_ = true;
+    closing_ = true;
+    listen_.cancel();
+    listen_timer_.cancel();
+    waiters_.notify_all();
+    while (loop_running_) co_await loop_done_.wait_until(Clock::time_point::max());
+    auto lock = co_await lock_db();
+    db_.close();
+    listen_.close();
+  }
+
+  std::string describe() const override { return redacted_; }
+
+ private:
+  struct IdleCache {
+    bool valid = false;
+    std::uint64_t epoch = 0;
+    Clock::time_point recheck_at{};
+  };
+
+  void build_statements() {
+    const std::string& s = qs_;
+    auto st = [](const char* name, std::string sql) { return Statement{std::string("pf_") + name, std::move(sql)}; };
+    st_enqueue_ = st("enqueue",
+        "WITH input AS (SELECT * FROM json_to_recordset($1::json) AS x(ord integer, id text, flow text, tenant text, "
+        "payload text, max_attempts integer, priority integer, delay_s double precision, deadline_s double precision, "
+        "idempotency_key text)), "
+        "ins AS (INSERT INTO " + s + ".jobs (id, flow, tenant, payload, max_attempts, priority, run_at, deadline_s, "
+        "idempotency_key) SELECT id, flow, tenant, payload, max_attempts, priority, " + s + ".now_s() + delay_s, "
+        "deadline_s, idempotency_key FROM input ORDER BY ord ON CONFLICT (idempotency_key) DO NOTHING RETURNING id) "
+        "SELECT i.ord, ins.id IS NOT NULL, coalesce(ins.id, k.id) FROM input i LEFT JOIN ins ON ins.id = i.id "
+        "LEFT JOIN " + s + ".jobs k ON ins.id IS NULL AND k.idempotency_key = i.idempotency_key ORDER BY i.ord");
+    st_ids_by_key_ = st("ids_by_key", "SELECT idempotency_key, id FROM " + s +
+        ".jobs WHERE idempotency_key IN (SELECT json_array_elements_text($1::json))");
+    // Q1/Q4/Q6: ready jobs in order through the partial index, plus jobs whose lease
+    // expired; SKIP LOCKED lets concurrent workers claim disjoint batches.
+    st_claim_ = st("claim",
+        "WITH ready AS (SELECT id, priority, run_at, seq FROM " + s + ".jobs WHERE state = 'queued' AND run_at <= " +
+        s + ".now_s() ORDER BY priority DESC, run_at, seq LIMIT $1 FOR UPDATE SKIP LOCKED), "
+        "expired AS (SELECT id, priority, run_at, seq FROM " + s + ".jobs WHERE state = 'running' AND "
+        "lease_expires_at <= " + s + ".now_s() ORDER BY priority DESC, run_at, seq LIMIT $1 FOR UPDATE SKIP LOCKED), "
+        "pick AS (SELECT id FROM (SELECT * FROM ready UNION ALL SELECT * FROM expired) c "
+        "ORDER BY priority DESC, run_at, seq LIMIT $1) "
+        "UPDATE " + s + ".jobs j SET state = 'running', attempts = j.attempts + 1, lease_owner = $2, "
+        "lease_token = gen_random_uuid()::text, lease_expires_at = " + s + ".now_s() + $3::double precision, "
+        "updated_at = " + s + ".now_s() FROM pick WHERE j.id = pick.id RETURNING " + kCols);
+    st_next_due_ = st("next_due", "SELECT least((SELECT min(run_at) FROM " + s + ".jobs WHERE state = 'queued'), "
+        "(SELECT min(lease_expires_at) FROM " + s + ".jobs WHERE state = 'running')) - " + s + ".now_s()");
+    st_bury_ = st("bury", "UPDATE " + s + ".jobs j SET state = 'dead', reason = x.reason, details = x.details, "
+        "lease_token = NULL, lease_expires_at = NULL, updated_at = " + s + ".now_s() "
+        "FROM json_to_recordset($1::json) AS x(id text, token text, reason text, details text) "
+        "WHERE j.id = x.id AND j.lease_token = x.token");
+    st_adopt_raw_ = st("adopt_raw", "UPDATE " + s + ".jobs j SET flow = x.flow, tenant = x.tenant, payload = x.payload, "
+        "max_attempts = x.max_attempts, deadline_s = x.deadline_s, raw = NULL "
+        "FROM json_to_recordset($1::json) AS x(id text, token text, flow text, tenant text, payload text, "
+        "max_attempts integer, deadline_s double precision) WHERE j.id = x.id AND j.lease_token = x.token");
+    const std::string fence = " WHERE id = $1 AND lease_token = $2 AND state = 'running'";
+    st_complete_ = st("complete", "UPDATE " + s + ".jobs SET state = 'succeeded', result = $3, latency_s = $4, "
+        "lease_token = NULL, lease_expires_at = NULL, updated_at = " + s + ".now_s()" + fence);
+    st_retry_ = st("retry", "UPDATE " + s + ".jobs SET state = 'queued', run_at = " + s + ".now_s() + $3, "
+        "reason = $4, lease_token = NULL, lease_expires_at = NULL, updated_at = " + s + ".now_s()" + fence);
+    st_fail_ = st("fail", "UPDATE " + s + ".jobs SET state = 'dead', reason = $3, details = $4, "
+        "lease_token = NULL, lease_expires_at = NULL, updated_at = " + s + ".now_s()" + fence);
+    st_heartbeat_ = st("heartbeat", "UPDATE " + s + ".jobs SET lease_expires_at = " + s + ".now_s() + $3, "
+        "updated_at = " + s + ".now_s()" + fence + " RETURNING lease_expires_at");
+    st_counts_ = st("counts", "SELECT coalesce(tenant, ''), state, count(*) FROM " + s + ".jobs GROUP BY 1, 2");
+    st_list_ = st("list", std::string("SELECT ") + kCols + " FROM " + s + ".jobs j WHERE ($1::text IS NULL OR "
+        "j.state = $1) AND ($2::text IS NULL OR j.tenant = $2) ORDER BY j.seq LIMIT $3");
+    st_get_ = st("get", std::string("SELECT ") + kCols + " FROM " + s + ".jobs j WHERE j.id = $1 AND "
+        "($2::text IS NULL OR j.tenant = $2)");
+    st_requeue_ = st("requeue", "UPDATE " + s + ".jobs SET state = 'queued', attempts = 0, run_at = " + s +
+        ".now_s(), lease_token = NULL, lease_expires_at = NULL, updated_at = " + s + ".now_s() "
+        "WHERE state = 'dead' AND ($1::text IS NULL OR id IN (SELECT json_array_elements_text($1::json))) "
+        "AND ($2::text IS NULL OR tenant = $2)");
+    st_cancel_ = st("cancel", "UPDATE " + s + ".jobs SET state = 'dead', reason = 'cancelled', lease_token = NULL, "
+        "lease_expires_at = NULL, updated_at = " + s + ".now_s() WHERE id = $1 AND state IN ('queued', 'running') "
+        "AND ($2::text IS NULL OR tenant = $2)");
+    st_purge_ = st("purge", "DELETE FROM " + s + ".jobs WHERE state IN ('succeeded', 'dead') AND updated_at < " +
+        s + ".now_s() - $1::double precision");
+    st_record_effect_ = st("record_effect", "WITH ins AS (INSERT INTO " + s + ".effects (key, value) VALUES ($1, $2) "
+        "ON CONFLICT (key) DO NOTHING RETURNING value) SELECT value FROM ins UNION ALL "
+        "SELECT value FROM " + s + ".effects WHERE key = $1 LIMIT 1");
+    st_lookup_effect_ = st("lookup_effect", "SELECT value FROM " + s + ".effects WHERE key = $1");
+  }
+
+  // Q9: decodes the claimed rows; rows that cannot be decoded go dead (once: a dead job is
+  // never claimed again) and are not returned.
+  Task<std::vector<LeasedJob>> decode_claimed(const PgResult& r) {
+    struct Row {
+      LeasedJob lj;
+      std::int64_t seq;
+    };
+    std::vector<Row> good;
+    json::array bury, adopt;
+    for (int i = 0; i < r.rows(); ++i) {
+      Job job = row_to_job(r, i);
+      Lease lease{job.id, job.lease_owner, std::string(r.text(i, c_token)), job.lease_expires_at};
+      std::optional<DecodeError> error;
+      if (r.is_null(i, c_payload) && !r.is_null(i, c_raw)) {
+        // A whole document written by an outside producer into `raw`.
+        auto d = decode_job_document(r.text(i, c_raw), config_, job.id);
+        if (d.error) {
+          error = d.error;
+        } else {
+          job.flow = d.job->flow;
+          job.tenant = d.job->tenant;
+          job.payload = std::move(d.job->payload);
+          job.max_attempts = d.job->max_attempts;
+          job.deadline_s = d.job->deadline_s;
+          json::object o;
+          o["id"] = job.id;
+          o["token"] = lease.token;
+          o["flow"] = job.flow;
+          o["tenant"] = job.tenant;
+          o["payload"] = json::serialize(job.payload);
+          o["max_attempts"] = job.max_attempts;
+          if (job.deadline_s) o["deadline_s"] = *job.deadline_s;
+          adopt.push_back(std::move(o));
+        }
+      } else {
+        auto text = r.text(i, c_payload);
+        std::error_code ec;
+        json::value payload = r.is_null(i, c_payload) ? json::value(nullptr) : json::parse(text, ec);
+        if (ec) {
+          error = DecodeError{DecodeError::Code::bad_json, "malformed job: invalid JSON payload (" + ec.message() + ")"};
+        } else {
+          job.payload = std::move(payload);
+          error = validate_job(job, config_, std::max<std::size_t>(text.size(), 1));
+        }
+      }
+      if (error) {
+        json::object o;
+        o["id"] = job.id;
+        o["token"] = lease.token;
+        o["reason"] = error->reason;
+        o["details"] = json::serialize(error->details());
+        bury.push_back(std::move(o));
+        continue;
+      }
+      good.push_back(Row{LeasedJob{std::move(job), std::move(lease)}, r.integer(i, c_seq)});
+    }
+    if (!bury.empty()) {
+      Params p{json::serialize(bury)};
+      co_await query(st_bury_, p);
+    }
+    if (!adopt.empty()) {
+      Params p{json::serialize(adopt)};
+      co_await query(st_adopt_raw_, p);
+    }
+    // RETURNING has no order: restore fetch order (Q4).
+    std::sort(good.begin(), good.end(), [](const Row& a, const Row& b) {
+      if (a.lj.job.priority != b.lj.job.priority) return a.lj.job.priority > b.lj.job.priority;
+      if (a.lj.job.run_at != b.lj.job.run_at) return a.lj.job.run_at < b.lj.job.run_at;
+      return a.seq < b.seq;
+    });
+    std::vector<LeasedJob> out;
+    out.reserve(good.size());
+    for (auto& g : good) out.push_back(std::move(g.lj));
+    co_return out;
+  }
+
+  // --- the statement connection --------------------------------------------------------
+
+  struct DbLock {
+    PostgresQueue* q;
+    DbLock(PostgresQueue* q) : q(q) {}
+    DbLock(DbLock&& o) noexcept : q(o.q) { o.q = nullptr; }
+    ~DbLock() {
+      if (q) {
+        q->db_busy_ = false;
+        q->db_waiters_.notify_all();
+      }
+    }
+  };
+
+  // One statement at a time on the connection, in call order. Cancellable while waiting.
+  Task<DbLock> lock_db() {
+    while (db_busy_) co_await db_waiters_.wait_until(Clock::time_point::max());
+    db_busy_ = true;
+    co_return DbLock(this);
+  }
+
+  Task<void> connect_db() {
+    const auto now = Clock::now();
+    if (now < next_connect_at_) {
+      // Back off after a failed attempt so a down server is not hammered.
+      asio::steady_timer t(ex_, next_connect_at_);
+      co_await t.async_wait(asio::use_awaitable);
+    }
+    try {
+      co_await db_.connect(url_, app_name_, kConnectTimeout, secret_);
+      backoff_ = kBackoffMin;
+      next_connect_at_ = {};
+    } catch (const PgError&) {
+      next_connect_at_ = Clock::now() + backoff_;
+      backoff_ = std::min<Clock::duration>(backoff_ * 2, kBackoffMax);
+      throw;
+    }
+  }
+
+  Task<PgResult> query(const Statement& st, const Params& params) {
+    if (closed_) throw QueueError("postgresql queue " + redacted_ + ": closed");
+    auto lock = co_await lock_db();
+    if (closed_) throw QueueError("postgresql queue " + redacted_ + ": closed");
+    if (!db_.still_alive()) co_await connect_db();
+    co_return co_await db_.exec(st, params);
+  }
+
+  // --- migrations ----------------------------------------------------------------------
+
+  Task<void> migrate() {
+    auto lock = co_await lock_db();
+    const Params none;
+    co_await db_.exec_script("BEGIN");
+    bool committed = false;
+    std::optional<std::string> error;
+    try {
+      co_await db_.exec_script("SELECT pg_advisory_xact_lock(" + std::to_string(pg::kMigrationLockKey) + ")");
+      co_await db_.exec_script("CREATE SCHEMA IF NOT EXISTS " + qs_ + "; CREATE TABLE IF NOT EXISTS " + qs_ +
+                               ".schema_version (version integer PRIMARY KEY, applied_at timestamptz NOT NULL "
+                               "DEFAULT now())");
+      auto r = co_await db_.exec_script("SELECT coalesce(max(version), 0) FROM " + qs_ + ".schema_version");
+      const int have = static_cast<int>(r.integer(0, 0));
+      if (have > kPostgresSchemaVersion) {
+        error = "postgresql queue " + redacted_ + ": schema " + config_.namespace_ + " is at version " +
+                std::to_string(have) + ", newer than this build knows (" + std::to_string(kPostgresSchemaVersion) +
+                "); upgrade penguiflow";
+      } else {
+        auto steps = pg::migrations(qs_);
+        for (int v = have; v < kPostgresSchemaVersion; ++v) co_await db_.exec_script(steps[static_cast<std::size_t>(v)]);
+        co_await db_.exec_script("COMMIT");
+        committed = true;
+      }
+    } catch (const PgError& e) {
+      error = std::string(e.what());
+    }
+    if (!committed && db_.connected()) {
+      try {
+        co_await db_.exec_script("ROLLBACK");
+      } catch (const PgError&) {
+      }
+    }
+    if (error) throw QueueError(*error);
+  }
+
+  // --- notifications -------------------------------------------------------------------
+
+  Task<void> connect_listen() {
+    co_await listen_.connect(url_, app_name_, kConnectTimeout, secret_);
+    co_await listen_.exec_script("LISTEN " + qs_);
+    listen_up_ = true;
+    ++epoch_;
+  }
+
+  // Reads notifications already received without waiting (the listen loop may not have
+  // run yet since they arrived).
+  void pump_notifications() {
+    if (!listen_up_ || listen_busy_) return;
+    try {
+      if (listen_.take_notifications() > 0) ++epoch_;
+    } catch (const PgError&) {
+      listen_up_ = false;
+      ++epoch_;
+    }
+  }
+
+  Task<void> listen_loop() {
+    loop_running_ = true;
+    auto backoff = std::chrono::duration_cast<Clock::duration>(kBackoffMin);
+    while (!closing_) {
+      bool failed = false;
+      try {
+        if (!listen_up_) {
+          listen_busy_ = true;
+          co_await connect_listen();
+          listen_busy_ = false;
+          backoff = kBackoffMin;
+          waiters_.notify_all();
+        }
+        co_await listen_.wait_readable();
+        if (listen_.take_notifications() > 0) {
+          ++epoch_;
+          waiters_.notify_all();
+        }
+      } catch (...) {
+        failed = true;
+      }
+      if (failed && !closing_) {
+        listen_busy_ = false;
+        listen_.close();
+        listen_up_ = false;
+        ++epoch_;
+        waiters_.notify_all();  // idle fetches switch to polling while we reconnect
+        listen_timer_.expires_after(backoff);
+        boost::system::error_code ec;
+        co_await listen_timer_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+        backoff = std::min<Clock::duration>(backoff * 2, kBackoffMax);
+      }
+    }
+    loop_running_ = false;
+    loop_done_.notify_all();
+  }
+
+  asio::any_io_executor ex_;
+  std::string url_;
+  std::string redacted_;
+  std::string secret_;
+  QueueConfig config_;
+  std::string qs_;
+  std::string app_name_;
+  PgConnection db_;
+  PgConnection listen_;
+  asio::steady_timer listen_timer_;
+
+  bool db_busy_ = false;
+  detail::WaitSet db_waiters_;
+  Clock::time_point next_connect_at_{};
+  Clock::duration backoff_ = kBackoffMin;
+
+  bool listen_up_ = false;
+  bool listen_busy_ = false;  // the listen loop is (re)connecting: leave listen_ alone
+  std::uint64_t epoch_ = 0;   // bumped on every notification and listen (re)connect
+  detail::WaitSet waiters_;   // idle fetches
+  IdleCache idle_;
+  bool loop_running_ = false;
+  detail::WaitSet loop_done_;
+  bool closing_ = false;
+  bool closed_ = false;
+
+  Statement st_enqueue_, st_ids_by_key_, st_claim_, st_next_due_, st_bury_, st_adopt_raw_, st_complete_, st_retry_,
+      st_fail_, st_heartbeat_, st_counts_, st_list_, st_get_, st_requeue_, st_cancel_, st_purge_, st_record_effect_,
+      st_lookup_effect_;
+};
+
+bool is_postgres_url(std::string_view url) {
+  return url.rfind("postgresql://", 0) == 0 || url.rfind("postgres://", 0) == 0;
+}
+
+}  // namespace
+
+Task<std::unique_ptr<JobQueue>> open_postgres_queue(asio::any_io_executor ex, std::string url, QueueConfig config) {
+  if (!is_postgres_url(url))
+    throw QueueError("postgresql queue " + redact_url(url) + ": not a postgresql:// or postgres:// URL");
+  if (!pg::valid_schema_name(config.namespace_))
+    throw QueueError("postgresql queue " + redact_url(url) + ": namespace '" + config.namespace_ +
+                     "' is not a valid schema name (1-63 of [A-Za-z0-9_-])");
+  auto q = std::make_unique<PostgresQueue>(ex, std::move(url), std::move(config));
+  std::exception_ptr failure;
+  try {
+    co_await q->start();
+  } catch (...) {
+    failure = std::current_exception();
+  }
+  if (failure) {
+    co_await q->close();
+    std::rethrow_exception(failure);
+  }
+  co_return std::unique_ptr<JobQueue>(std::move(q));
+}
+
+}  // namespace penguiflow::queue
