@@ -118,6 +118,8 @@ Task<void> PgConnection::connect(const std::string& url, const std::string& app_
   conn_ = PQconnectStartParams(keys, vals, 1);
   if (!conn_) throw PgError(label_ + ": cannot connect: out of memory", {}, true);
   if (PQstatus(conn_) == CONNECTION_BAD) fail_lost("cannot connect");
+  // Server notices ("schema already exists, skipping") are not ours to print.
+  PQsetNoticeProcessor(conn_, [](void*, const char*) {}, nullptr);
 
   // Bound the whole handshake: a timer cancels the socket wait when it fires.
   auto alive = std::make_shared<bool>(true);

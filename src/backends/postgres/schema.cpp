@@ -88,6 +88,30 @@ CREATE TRIGGER jobs_requeued AFTER UPDATE ON @S.jobs FOR EACH ROW
   WHEN (NEW.state = 'queued' AND (OLD.state <> 'queued' OR NEW.run_at < OLD.run_at))
   EXECUTE FUNCTION @S.notify_jobs();
 
+-- A producer may insert a whole job document as text into `raw` (leaving payload NULL).
+-- Copy what orders and describes the job into the columns when it is readable; the
+-- worker decodes and validates the document at fetch and dead-letters it if it is bad.
+CREATE FUNCTION @S.unpack_raw() RETURNS trigger LANGUAGE plpgsql AS $f$
+DECLARE d jsonb;
+BEGIN
+  BEGIN
+    d := NEW.raw::jsonb;
+    IF jsonb_typeof(d) = 'object' THEN
+      IF jsonb_typeof(d->'flow') = 'string' THEN NEW.flow := d->>'flow'; END IF;
+      IF jsonb_typeof(d->'tenant') = 'string' THEN NEW.tenant := d->>'tenant'; END IF;
+      IF jsonb_typeof(d->'priority') = 'number' THEN NEW.priority := (d->>'priority')::numeric::integer; END IF;
+      IF jsonb_typeof(d->'run_at') = 'number' THEN NEW.run_at := (d->>'run_at')::double precision; END IF;
+      IF jsonb_typeof(d->'attempts') = 'number' THEN NEW.attempts := (d->>'attempts')::numeric::integer; END IF;
+      IF jsonb_typeof(d->'max_attempts') = 'number' THEN NEW.max_attempts := (d->>'max_attempts')::numeric::integer; END IF;
+      IF jsonb_typeof(d->'deadline_s') = 'number' THEN NEW.deadline_s := (d->>'deadline_s')::double precision; END IF;
+    END IF;
+  EXCEPTION WHEN others THEN NULL;  -- unreadable: the fetch dead-letters it (Q9)
+  END;
+  RETURN NEW;
+END $f$;
+CREATE TRIGGER jobs_unpack_raw BEFORE INSERT ON @S.jobs FOR EACH ROW
+  WHEN (NEW.raw IS NOT NULL AND NEW.payload IS NULL) EXECUTE FUNCTION @S.unpack_raw();
+
 -- The documented way for any client to enqueue, also inside its own transaction.
 CREATE FUNCTION @S.enqueue(flow text, tenant text, payload jsonb,
                            priority integer DEFAULT 0, delay_s double precision DEFAULT 0,
