@@ -183,8 +183,10 @@ class JobQueue {
 /// Opens a queue by URL: memory://, sqlite:///path (sqlite://./rel), postgresql://...,
 /// redis://host:port/db. Throws QueueError naming the URL (redacted) and the cause.
 /// Defined in the penguiflow_queue_open target, which links every backend built.
-Task<std::unique_ptr<JobQueue>> open_queue(boost::asio::any_io_executor ex, std::string url,
-                                           QueueConfig config = {});
+/// (Two overloads rather than a default argument: g++ 12 frees a default-argument
+/// temporary twice when the call sits inside co_await; see DESIGN.md pitfalls.)
+Task<std::unique_ptr<JobQueue>> open_queue(boost::asio::any_io_executor ex, std::string url, QueueConfig config);
+Task<std::unique_ptr<JobQueue>> open_queue(boost::asio::any_io_executor ex, std::string url);
 
 /// Returns the URL with any password replaced by "***".
 std::string redact_url(std::string_view url);

@@ -1,0 +1,765 @@
+// sqlite:// backend. Layout and durability: docs/backends.md#sqlite, docs/wire-format.md.
+//
+// Threading: each queue owns one connection and one thread running an io_context. Every
+// database call is a closure posted to that thread; its result (or exception) is posted
+// back to the awaiting coroutine's executor, with a work guard keeping that executor's
+// loop alive meanwhile. Waiting fetchers sleep on the caller's executor (WaitSet), woken
+// by this object's own writes or by a short poll that first checks PRAGMA data_version.
+#include <penguiflow/backends/sqlite.hpp>
+#include <penguiflow/queue/detail/wait_set.hpp>
+#include <penguiflow/queue/ids.hpp>
+#include <penguiflow/queue/job_codec.hpp>
+
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/json/parse.hpp>
+#include <boost/json/serialize.hpp>
+
+#include <sqlite3.h>
+
+#include <algorithm>
+#include <cctype>
+#include <thread>
+#include <unordered_map>
+
+namespace penguiflow::queue {
+namespace asio = boost::asio;
+namespace json = boost::json;
+
+SqliteOptions parse_sqlite_url(std::string_view url) {
+  auto bad = [&](const std::string& why) -> QueueError {
+    return QueueError("cannot open queue " + redact_url(url) + ": " + why);
+  };
+  constexpr std::string_view scheme = "sqlite://";
+  if (url.substr(0, scheme.size()) != scheme) throw bad("not a sqlite:// URL");
+  std::string_view rest = url.substr(scheme.size());
+  std::string_view query;
+  if (auto q = rest.find('?'); q != std::string_view::npos) {
+    query = rest.substr(q + 1);
+    rest = rest.substr(0, q);
+  }
+  if (rest.empty() || rest == "/") throw bad("no database path (use sqlite:///abs/path.db or sqlite://./rel.db)");
+  SqliteOptions o;
+  o.path = std::string(rest);
+  while (!query.empty()) {
+    auto amp = query.find('&');
+    auto kv = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
+    auto eq = kv.find('=');
+    auto key = kv.substr(0, eq);
+    auto val = eq == std::string_view::npos ? std::string_view{} : kv.substr(eq + 1);
+    long n = 0;
+    try {
+      n = std::stol(std::string(val));
+    } catch (...) {
+      throw bad("query parameter " + std::string(key) + " needs an integer");
+    }
+    if (n < 0) throw bad("query parameter " + std::string(key) + " must be >= 0");
+    if (key == "busy_timeout_ms") o.busy_timeout = std::chrono::milliseconds(n);
+    else if (key == "poll_ms") o.poll_interval = std::chrono::milliseconds(std::max(1L, n));
+    else throw bad("unknown query parameter " + std::string(key));
+  }
+  return o;
+}
+
+namespace {
+
+// ---- a thin, private SQLite wrapper (used only on the database thread) ----------------
+
+class Db;
+
+class Stmt {
+ public:
+  Stmt(Db& db, sqlite3_stmt* s) : db_(db), s_(s) {}
+  Stmt(const Stmt&) = delete;
+  ~Stmt() {
+    sqlite3_reset(s_);
+    sqlite3_clear_bindings(s_);
+  }
+  Stmt& bind(int i, std::string_view v) {
+    sqlite3_bind_text(s_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+    return *this;
+  }
+  Stmt& bind(int i, const std::string& v) { return bind(i, std::string_view(v)); }
+  Stmt& bind(int i, const char* v) { return bind(i, std::string_view(v)); }
+  Stmt& bind(int i, double v) {
+    sqlite3_bind_double(s_, i, v);
+    return *this;
+  }
+  Stmt& bind(int i, std::int64_t v) {
+    sqlite3_bind_int64(s_, i, v);
+    return *this;
+  }
+  Stmt& bind(int i, int v) { return bind(i, static_cast<std::int64_t>(v)); }
+  Stmt& bind_null(int i) {
+    sqlite3_bind_null(s_, i);
+    return *this;
+  }
+  Stmt& bind_opt(int i, const std::optional<std::string>& v) { return v ? bind(i, *v) : bind_null(i); }
+  /// true: a row is ready; false: done. Throws QueueError on failure.
+  bool step();
+  void run() {
+    while (step()) {
+    }
+  }
+  bool null(int i) { return sqlite3_column_type(s_, i) == SQLITE_NULL; }
+  std::string text(int i) {
+    auto p = reinterpret_cast<const char*>(sqlite3_column_text(s_, i));
+    return p ? std::string(p, static_cast<std::size_t>(sqlite3_column_bytes(s_, i))) : std::string();
+  }
+  double real(int i) { return sqlite3_column_double(s_, i); }
+  std::int64_t integer(int i) { return sqlite3_column_int64(s_, i); }
+
+ private:
+  Db& db_;
+  sqlite3_stmt* s_;
+};
+
+class Db {
+ public:
+  Db(std::string where) : where_(std::move(where)) {}
+  Db(const Db&) = delete;
+  ~Db() { close(); }
+
+  void open(const SqliteOptions& o) {
+    int rc = sqlite3_open_v2(o.path.c_str(), &db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+                             nullptr);
+    if (rc != SQLITE_OK) fail("cannot open database file", rc);
+    sqlite3_busy_timeout(db_, static_cast<int>(o.busy_timeout.count()));
+    sqlite3_extended_result_codes(db_, 1);
+  }
+  void close() {
+    for (auto& [sql, s] : cache_) sqlite3_finalize(s);
+    cache_.clear();
+    if (db_) sqlite3_close(db_);
+    db_ = nullptr;
+  }
+  void exec(const std::string& sql) {
+    char* msg = nullptr;
+    int rc = sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &msg);
+    if (rc != SQLITE_OK) {
+      std::string m = msg ? msg : sqlite3_errstr(rc);
+      sqlite3_free(msg);
+      throw QueueError(where_ + ": " + m);
+    }
+  }
+  Stmt prepare(const std::string& sql) {
+    auto it = cache_.find(sql);
+    if (it == cache_.end()) {
+      sqlite3_stmt* s = nullptr;
+      int rc = sqlite3_prepare_v3(db_, sql.c_str(), static_cast<int>(sql.size()), SQLITE_PREPARE_PERSISTENT, &s,
+                                  nullptr);
+      if (rc != SQLITE_OK) fail("cannot prepare statement", rc);
+      it = cache_.emplace(sql, s).first;
+    }
+    return Stmt(*this, it->second);
+  }
+  std::int64_t changes() { return sqlite3_changes64(db_); }
+  std::int64_t total_changes() { return sqlite3_total_changes64(db_); }
+  [[noreturn]] void fail(const std::string& what, int rc) {
+    std::string m = db_ ? sqlite3_errmsg(db_) : sqlite3_errstr(rc);
+    throw QueueError(where_ + ": " + what + ": " + m);
+  }
+
+ private:
+  sqlite3* db_ = nullptr;
+  std::string where_;
+  std::unordered_map<std::string, sqlite3_stmt*> cache_;
+};
+
+bool Stmt::step() {
+  int rc = sqlite3_step(s_);
+  if (rc == SQLITE_ROW) return true;
+  if (rc == SQLITE_DONE) return false;
+  db_.fail("statement failed", rc);
+}
+
+/// BEGIN IMMEDIATE ... COMMIT; rolls back when left without commit().
+class WriteTxn {
+ public:
+  explicit WriteTxn(Db& db) : db_(db) { db_.exec("BEGIN IMMEDIATE"); }
+  ~WriteTxn() {
+    if (!done_) {
+      try {
+        db_.exec("ROLLBACK");
+      } catch (...) {
+      }
+    }
+  }
+  void commit() {
+    db_.exec("COMMIT");
+    done_ = true;
+  }
+
+ private:
+  Db& db_;
+  bool done_ = false;
+};
+
+// SQL text of "now" in unix seconds, for triggers and defaults (3.40 has no 'subsec').
+constexpr const char* kSqlNow = "((julianday('now') - 2440587.5) * 86400.0)";
+
+// ---- the queue ------------------------------------------------------------------------
+
+struct ClaimResult {
+  std::vector<LeasedJob> jobs;
+  bool claimed_any = false;  // rows were claimed (some may have gone dead, Q9)
+  std::optional<double> next_due;
+};
+
+class SqliteQueue final : public JobQueue {
+ public:
+  SqliteQueue(asio::any_io_executor ex, std::string url, SqliteOptions opts, QueueConfig config)
+      : ex_(std::move(ex)),
+        url_(redact_url(url)),
+        opts_(std::move(opts)),
+        config_(std::move(config)),
+        db_("sqlite queue " + url_),
+        work_(asio::make_work_guard(db_ctx_)),
+        thread_([this] { db_ctx_.run(); }) {
+    auto& ns = config_.namespace_;
+    jobs_ = ns + "_jobs";
+    effects_ = ns + "_effects";
+    version_ = ns + "_schema_version";
+  }
+
+  ~SqliteQueue() override { shutdown_now(); }
+
+  /// Stops the database thread synchronously (used when open fails, or when the owner
+  /// forgot close()).
+  void shutdown_now() {
+    if (!thread_.joinable()) return;
+    asio::post(db_ctx_, [this] { db_.close(); });
+    work_.reset();
+    thread_.join();
+  }
+
+  Task<void> open() {
+    auto fn0 = [this](Db& db) {
+      db.open(opts_);
+      db.exec("PRAGMA journal_mode=WAL");
+      db.exec("PRAGMA synchronous=NORMAL");
+      create_schema(db);
+      return true;
+    };
+    co_await on_db(std::move(fn0));
+  }
+
+  Task<EnqueueResult> enqueue(NewJob job) override {
+    std::vector<NewJob> one;
+    one.push_back(std::move(job));
+    auto r = co_await enqueue_bulk(std::move(one));
+    co_return std::move(r.front());
+  }
+
+  Task<std::vector<EnqueueResult>> enqueue_bulk(std::vector<NewJob> jobs) override {
+    if (jobs.empty()) co_return std::vector<EnqueueResult>{};
+    auto fn1 = [this, jobs = std::move(jobs)](Db& db) { return insert_jobs(db, jobs); };
+    auto out = co_await on_db(std::move(fn1));
+    waiters_.notify_all();
+    co_return out;
+  }
+
+  Task<std::vector<LeasedJob>> fetch(FetchRequest req) override {
+    auto deadline = std::chrono::steady_clock::now() + req.wait;
+    bool force = true;
+    for (;;) {
+      auto fn2 = [this, req, force](Db& db) { return claim(db, req, force); };
+      auto r = co_await on_db(std::move(fn2));
+      if (!r.jobs.empty() || req.max_jobs <= 0) co_return std::move(r.jobs);
+      if (r.claimed_any) continue;  // only bad rows were claimed (Q9): look again now
+      if (std::chrono::steady_clock::now() >= deadline) co_return std::vector<LeasedJob>{};
+      auto wake = std::min(deadline, std::chrono::steady_clock::now() + opts_.poll_interval);
+      if (r.next_due) wake = std::min(wake, detail::steady_after(*r.next_due - unix_now()));
+      co_await waiters_.wait_until(wake);
+      force = false;
+    }
+  }
+
+  Task<Settle> complete(const Lease& lease, json::value result, double latency_s) override {
+    auto text = json::serialize(result);
+    auto fn3 = [text = std::move(text), latency_s](Db& db, const std::string& j, const Lease& l) {
+      auto s = db.prepare("UPDATE " + j +
+                          " SET state='succeeded', result=?1, latency_s=?2, ready_at=NULL, lease_token=NULL,"
+                          " updated_at=?3 WHERE id=?4 AND lease_token=?5 AND state='running'");
+      s.bind(1, text).bind(2, latency_s).bind(3, unix_now()).bind(4, l.job_id).bind(5, l.token).run();
+      return db.changes() == 1;
+    };
+    co_return co_await settle(lease, std::move(fn3));
+  }
+
+  Task<Settle> retry(const Lease& lease, double delay_s, std::string reason) override {
+    auto fn4 = [reason = std::move(reason), delay_s](Db& db, const std::string& j, const Lease& l) {
+      double now = unix_now();
+      auto s = db.prepare("UPDATE " + j +
+                          " SET state='queued', reason=?1, run_at=?2, ready_at=?2, lease_token=NULL,"
+                          " lease_owner=NULL, updated_at=?3 WHERE id=?4 AND lease_token=?5 AND state='running'");
+      s.bind(1, reason).bind(2, now + delay_s).bind(3, now).bind(4, l.job_id).bind(5, l.token).run();
+      return db.changes() == 1;
+    };
+    auto r = co_await settle(lease, std::move(fn4));
+    if (r == Settle::ok) waiters_.notify_all();
+    co_return r;
+  }
+
+  Task<Settle> fail(const Lease& lease, std::string reason, json::value details) override {
+    auto text = json::serialize(details);
+    auto fn5 = [reason = std::move(reason), text = std::move(text)](Db& db, const std::string& j,
+                                                                                        const Lease& l) {
+      auto s = db.prepare("UPDATE " + j +
+                          " SET state='dead', reason=?1, details=?2, ready_at=NULL, lease_token=NULL,"
+                          " updated_at=?3 WHERE id=?4 AND lease_token=?5 AND state='running'");
+      s.bind(1, reason).bind(2, text).bind(3, unix_now()).bind(4, l.job_id).bind(5, l.token).run();
+      return db.changes() == 1;
+    };
+    co_return co_await settle(lease, std::move(fn5));
+  }
+
+  Task<Settle> heartbeat(Lease& lease, std::chrono::milliseconds extend) override {
+    double expires = 0;
+    auto fn6 = [extend, &expires](Db& db, const std::string& j, const Lease& l) {
+      double now = unix_now();
+      expires = now + extend.count() / 1000.0;
+      auto s = db.prepare("UPDATE " + j +
+                          " SET ready_at=?1, updated_at=?2 WHERE id=?3 AND lease_token=?4 AND state='running'");
+      s.bind(1, expires).bind(2, now).bind(3, l.job_id).bind(4, l.token).run();
+      return db.changes() == 1;
+    };
+    auto r = co_await settle(lease, std::move(fn6));
+    if (r == Settle::ok) lease.expires_at = expires;
+    co_return r;
+  }
+
+  Task<Counts> counts() override {
+    auto fn7 = [this](Db& db) {
+      Counts c;
+      for (auto s : {JobState::queued, JobState::running, JobState::succeeded, JobState::dead})
+        c.by_state[std::string(to_string(s))] = 0;
+      auto s = db.prepare("SELECT coalesce(tenant, ''), state, count(*) FROM " + jobs_ + " GROUP BY 1, 2");
+      while (s.step()) {
+        auto n = s.integer(2);
+        auto st = s.text(1);
+        c.by_state[st] += n;
+        c.by_tenant[s.text(0)][st] += n;
+      }
+      return c;
+    };
+    co_return co_await on_db(std::move(fn7));
+  }
+
+  Task<std::vector<Job>> list(ListFilter f) override {
+    auto fn8 = [this, f](Db& db) {
+      std::vector<Job> out;
+      auto s = db.prepare("SELECT " + std::string(kJobColumns) + " FROM " + jobs_ +
+                          " WHERE (?1 IS NULL OR state=?1) AND (?2 IS NULL OR tenant=?2) ORDER BY seq LIMIT ?3");
+      if (f.state) s.bind(1, to_string(*f.state));
+      s.bind_opt(2, f.tenant).bind(3, f.limit);
+      while (s.step()) out.push_back(row_to_job(s));
+      return out;
+    };
+    co_return co_await on_db(std::move(fn8));
+  }
+
+  Task<std::optional<Job>> get(std::string id, std::optional<std::string> tenant) override {
+    auto fn9 = [this, id = std::move(id), tenant = std::move(tenant)](Db& db) {
+      std::optional<Job> out;
+      auto s = db.prepare("SELECT " + std::string(kJobColumns) + " FROM " + jobs_ +
+                          " WHERE id=?1 AND (?2 IS NULL OR tenant=?2)");
+      s.bind(1, id).bind_opt(2, tenant);
+      if (s.step()) out = row_to_job(s);
+      return out;
+    };
+    co_return co_await on_db(std::move(fn9));
+  }
+
+  Task<std::int64_t> requeue_dead(std::vector<std::string> ids, std::optional<std::string> tenant) override {
+    auto fn10 = [this, ids = std::move(ids), tenant = std::move(tenant)](Db& db) {
+      WriteTxn txn(db);
+      double now = unix_now();
+      std::string sql = "UPDATE " + jobs_ +
+                        " SET state='queued', attempts=0, run_at=?1, ready_at=?1, lease_token=NULL, lease_owner=NULL,"
+                        " updated_at=?1 WHERE state='dead' AND (?2 IS NULL OR tenant=?2)";
+      std::int64_t n = 0;
+      if (ids.empty()) {
+        auto s = db.prepare(sql);
+        s.bind(1, now).bind_opt(2, tenant).run();
+        n = db.changes();
+      } else {
+        for (auto& id : ids) {
+          auto s = db.prepare(sql + " AND id=?3");
+          s.bind(1, now).bind_opt(2, tenant).bind(3, id).run();
+          n += db.changes();
+        }
+      }
+      txn.commit();
+      return n;
+    };
+    auto n = co_await on_db(std::move(fn10));
+    if (n) waiters_.notify_all();
+    co_return n;
+  }
+
+  Task<bool> cancel(std::string id, std::optional<std::string> tenant) override {
+    auto fn11 = [this, id = std::move(id), tenant = std::move(tenant)](Db& db) {
+      WriteTxn txn(db);
+      auto s = db.prepare("UPDATE " + jobs_ +
+                          " SET state='dead', reason='cancelled', ready_at=NULL, lease_token=NULL, updated_at=?1"
+                          " WHERE id=?2 AND (?3 IS NULL OR tenant=?3) AND state IN ('queued', 'running')");
+      s.bind(1, unix_now()).bind(2, id).bind_opt(3, tenant).run();
+      bool ok = db.changes() == 1;
+      txn.commit();
+      return ok;
+    };
+    co_return co_await on_db(std::move(fn11));
+  }
+
+  Task<std::int64_t> purge(double older_than_s) override {
+    auto fn12 = [this, older_than_s](Db& db) {
+      WriteTxn txn(db);
+      auto s = db.prepare("DELETE FROM " + jobs_ + " WHERE state IN ('succeeded', 'dead') AND updated_at < ?1");
+      s.bind(1, unix_now() - older_than_s).run();
+      auto n = db.changes();
+      txn.commit();
+      return n;
+    };
+    co_return co_await on_db(std::move(fn12));
+  }
+
+  Task<json::value> record_effect(std::string key, json::value value) override {
+    auto text = json::serialize(value);
+    auto fn13 = [this, key = std::move(key), text = std::move(text)](Db& db) {
+      WriteTxn txn(db);
+      db.prepare("INSERT INTO " + effects_ + " (key, value, created_at) VALUES (?1, ?2, ?3) ON CONFLICT(key) DO NOTHING")
+          .bind(1, key)
+          .bind(2, text)
+          .bind(3, unix_now())
+          .run();
+      json::value out;
+      {
+        auto s = db.prepare("SELECT value FROM " + effects_ + " WHERE key=?1");
+        s.bind(1, key);
+        if (s.step()) out = json::parse(s.text(0));
+      }
+      txn.commit();
+      return out;
+    };
+    co_return co_await on_db(std::move(fn13));
+  }
+
+  Task<std::optional<json::value>> lookup_effect(std::string key) override {
+    auto fn14 = [this, key = std::move(key)](Db& db) {
+      std::optional<json::value> out;
+      auto s = db.prepare("SELECT value FROM " + effects_ + " WHERE key=?1");
+      s.bind(1, key);
+      if (s.step()) out = json::parse(s.text(0));
+      return out;
+    };
+    co_return co_await on_db(std::move(fn14));
+  }
+
+  Task<void> close() override {
+    if (closed_) co_return;
+    closed_ = true;
+    auto fn15 = [](Db& db) {
+      db.close();
+      return true;
+    };
+    co_await on_db(std::move(fn15));
+    work_.reset();
+    thread_.join();  // the thread has nothing left to run: returns at once
+  }
+
+  std::string describe() const override { return url_; }
+
+ private:
+  static constexpr const char* kJobColumns =
+      "id, doc, tenant, flow, priority, run_at, ready_at, state, attempts, idempotency_key, lease_owner, reason,"
+      " details, result, latency_s, created_at, updated_at";
+
+  // (Callers build the closure as a named local first: g++ 12 double-destroys a lambda
+  // temporary with captures created inside a co_await expression.)
+  // Runs f(db_) on the database thread; resumes the caller on its own executor with the
+  // result or the exception.
+  template <class F>
+  Task<std::invoke_result_t<F&, Db&>> on_db(F f) {
+    using R = std::invoke_result_t<F&, Db&>;
+    if (closed_ && !thread_.joinable()) throw QueueError(url_ + ": queue is closed");
+    auto initiation = [this](auto handler, F fn) {
+          auto work = asio::make_work_guard(asio::get_associated_executor(handler, ex_));
+          asio::post(db_ctx_, [this, fn = std::move(fn), handler = std::move(handler), work = std::move(work)]() mutable {
+            std::exception_ptr ep;
+            std::optional<R> result;
+            try {
+              result.emplace(fn(db_));
+            } catch (...) {
+              ep = std::current_exception();
+            }
+            auto caller = work.get_executor();
+            asio::post(caller, [handler = std::move(handler), ep, result = std::move(result)]() mutable {
+              std::move(handler)(ep, std::move(result));
+            });
+            work.reset();
+          });
+        };
+    auto r = co_await asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, std::optional<R>)>(
+        std::move(initiation), asio::use_awaitable, std::move(f));
+    co_return std::move(*r);
+  }
+
+  template <class F>
+  Task<Settle> settle(const Lease& lease, F f) {
+    auto fn16 = [this, lease, f = std::move(f)](Db& db) mutable {
+      WriteTxn txn(db);
+      bool ok = f(db, jobs_, lease);
+      txn.commit();
+      return ok ? Settle::ok : Settle::stale;
+    };
+    co_return co_await on_db(std::move(fn16));
+  }
+
+  void create_schema(Db& db) {
+    WriteTxn txn(db);
+    db.exec("CREATE TABLE IF NOT EXISTS " + version_ + " (version INTEGER NOT NULL)");
+    std::optional<std::int64_t> have;
+    {
+      auto s = db.prepare("SELECT max(version) FROM " + version_);
+      if (s.step() && !s.null(0)) have = s.integer(0);
+    }
+    if (have && *have > kSqliteSchemaVersion)
+      throw QueueError("cannot open queue " + url_ + ": schema version " + std::to_string(*have) +
+                       " (table " + version_ + ") is newer than this build supports (" +
+                       std::to_string(kSqliteSchemaVersion) + "); upgrade penguiflow");
+    if (!have) {
+      const auto& j = jobs_;
+      db.exec("CREATE TABLE " + j + R"( (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        doc TEXT NOT NULL,
+        tenant TEXT,
+        flow TEXT,
+        priority INTEGER NOT NULL DEFAULT 0,
+        run_at REAL,
+        ready_at REAL,
+        state TEXT NOT NULL DEFAULT 'queued',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        idempotency_key TEXT,
+        lease_owner TEXT,
+        lease_token TEXT,
+        reason TEXT,
+        details TEXT,
+        result TEXT,
+        latency_s REAL,
+        created_at REAL,
+        updated_at REAL))");
+      db.exec("CREATE INDEX " + j + "_claim ON " + j + " (priority DESC, ready_at, seq) WHERE ready_at IS NOT NULL");
+      db.exec("CREATE INDEX " + j + "_due ON " + j + " (ready_at) WHERE ready_at IS NOT NULL");
+      db.exec("CREATE INDEX " + j + "_state ON " + j + " (state, updated_at)");
+      db.exec("CREATE INDEX " + j + "_tenant ON " + j + " (tenant, state)");
+      db.exec("CREATE UNIQUE INDEX " + j + "_idem ON " + j +
+              " (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL");
+      // An outside producer may insert just (id, doc): fill the columns from the document
+      // (when it is valid JSON; a broken one goes dead at fetch, Q9).
+      db.exec("CREATE TRIGGER " + j + "_fill AFTER INSERT ON " + j + " WHEN NEW.run_at IS NULL BEGIN UPDATE " + j +
+              " SET tenant = CASE WHEN json_valid(NEW.doc) THEN json_extract(NEW.doc, '$.tenant') END,"
+              " flow = CASE WHEN json_valid(NEW.doc) THEN json_extract(NEW.doc, '$.flow') END,"
+              " priority = coalesce(CASE WHEN json_valid(NEW.doc) THEN json_extract(NEW.doc, '$.priority') END, 0),"
+              " idempotency_key = CASE WHEN json_valid(NEW.doc) THEN json_extract(NEW.doc, '$.idempotency_key') END,"
+              " attempts = coalesce(CASE WHEN json_valid(NEW.doc) THEN json_extract(NEW.doc, '$.attempts') END, 0),"
+              " run_at = coalesce(CASE WHEN json_valid(NEW.doc) THEN json_extract(NEW.doc, '$.run_at') END, " +
+              kSqlNow + "), ready_at = coalesce(CASE WHEN json_valid(NEW.doc) THEN json_extract(NEW.doc, '$.run_at') END, " +
+              kSqlNow + "), created_at = " + kSqlNow + ", updated_at = " + kSqlNow + " WHERE seq = NEW.seq; END");
+      db.exec("CREATE TABLE " + effects_ + " (key TEXT PRIMARY KEY, value TEXT NOT NULL, created_at REAL NOT NULL)");
+      db.exec("INSERT INTO " + version_ + " (version) VALUES (" + std::to_string(kSqliteSchemaVersion) + ")");
+    }
+    txn.commit();
+  }
+
+  std::vector<EnqueueResult> insert_jobs(Db& db, const std::vector<NewJob>& jobs) {
+    std::vector<EnqueueResult> out;
+    out.reserve(jobs.size());
+    WriteTxn txn(db);
+    double now = unix_now();
+    for (auto& nj : jobs) {
+      if (!nj.idempotency_key.empty()) {
+        auto s = db.prepare("SELECT id FROM " + jobs_ + " WHERE tenant=?1 AND idempotency_key=?2");
+        s.bind(1, nj.tenant).bind(2, nj.idempotency_key);
+        if (s.step()) {
+          out.push_back({s.text(0), false});
+          continue;
+        }
+      }
+      Job j = make_job(nj, new_job_id(), now);
+      auto s = db.prepare("INSERT INTO " + jobs_ +
+                          " (id, doc, tenant, flow, priority, run_at, ready_at, state, attempts, idempotency_key,"
+                          " created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, 'queued', 0, ?7, ?8, ?8)");
+      s.bind(1, j.id).bind(2, encode_job_document(j)).bind(3, j.tenant).bind(4, j.flow).bind(5, j.priority);
+      s.bind(6, j.run_at);
+      if (j.idempotency_key.empty()) s.bind_null(7);
+      else s.bind(7, j.idempotency_key);
+      s.bind(8, now).run();
+      out.push_back({j.id, true});
+    }
+    txn.commit();
+    ++local_writes_;
+    return out;
+  }
+
+  // Database thread only. `force` false: skip the claim (no write lock taken) when nothing
+  // changed since the last empty claim and nothing came due.
+  ClaimResult claim(Db& db, const FetchRequest& req, bool force) {
+    ClaimResult r;
+    double now = unix_now();
+    std::int64_t version = 0;
+    {
+      auto s = db.prepare("PRAGMA data_version");
+      if (s.step()) version = s.integer(0);
+    }
+    auto seen = std::make_pair(version, local_writes_);
+    if (!force && seen == last_empty_ && (!next_due_ || now < *next_due_)) {
+      r.next_due = next_due_;
+      return r;
+    }
+    WriteTxn txn(db);
+    now = unix_now();
+    double expires = now + req.lease.count() / 1000.0;
+    struct Row {
+      std::int64_t seq;
+      std::string id, doc, token;
+      int attempts, priority;
+      double run_at, created_at;
+    };
+    std::vector<Row> rows;
+    {
+      auto s = db.prepare("UPDATE " + jobs_ +
+                          " SET state='running', attempts=attempts+1, lease_owner=?1, lease_token=?2 || '.' || seq,"
+                          " ready_at=?3, updated_at=?4 WHERE seq IN (SELECT seq FROM " + jobs_ +
+                          " WHERE ready_at IS NOT NULL AND ready_at <= ?4 ORDER BY priority DESC, ready_at, seq"
+                          " LIMIT ?5) RETURNING seq, id, doc, lease_token, attempts, priority, run_at, created_at");
+      s.bind(1, req.owner).bind(2, new_lease_token()).bind(3, expires).bind(4, now).bind(5, std::max(0, req.max_jobs));
+      while (s.step())
+        rows.push_back(Row{s.integer(0), s.text(1), s.text(2), s.text(3), static_cast<int>(s.integer(4)),
+                           static_cast<int>(s.integer(5)), s.real(6), s.real(7)});
+    }
+    // RETURNING order is unspecified: restore the claim order.
+    std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) {
+      return std::tie(b.priority, a.run_at, a.seq) < std::tie(a.priority, b.run_at, b.seq);
+    });
+    r.claimed_any = !rows.empty();
+    for (auto& row : rows) {
+      auto d = decode_job_document(row.doc, config_, row.id);
+      if (!d) {  // Q9: dead once, in the same transaction as the claim
+        auto s = db.prepare("UPDATE " + jobs_ +
+                            " SET state='dead', reason=?1, details=?2, ready_at=NULL, lease_token=NULL,"
+                            " lease_owner=NULL, updated_at=?3 WHERE seq=?4");
+        s.bind(1, d.error->reason).bind(2, json::serialize(d.error->details())).bind(3, now).bind(4, row.seq).run();
+        continue;
+      }
+      Job& j = *d.job;
+      j.id = row.id;
+      j.attempts = row.attempts;
+      j.priority = row.priority;
+      j.run_at = row.run_at;
+      j.state = JobState::running;
+      j.created_at = row.created_at;
+      j.updated_at = now;
+      j.lease_owner = req.owner;
+      j.lease_expires_at = expires;
+      Lease lease{row.id, req.owner, row.token, expires};
+      r.jobs.push_back(LeasedJob{std::move(j), std::move(lease)});
+    }
+    if (rows.empty()) {
+      auto s = db.prepare("SELECT min(ready_at) FROM " + jobs_ + " WHERE ready_at IS NOT NULL");
+      next_due_.reset();
+      if (s.step() && !s.null(0)) next_due_ = s.real(0);
+      r.next_due = next_due_;
+    }
+    txn.commit();
+    if (rows.empty()) last_empty_ = seen;
+    else last_empty_ = {-1, -1};
+    return r;
+  }
+
+  Job row_to_job(Stmt& s) {
+    Job j;
+    QueueConfig lenient;
+    lenient.max_payload_bytes = static_cast<std::size_t>(-1);
+    auto doc = s.text(1);
+    if (auto d = decode_job_document(doc, lenient)) j = std::move(*d.job);
+    j.id = s.text(0);
+    j.tenant = s.text(2);
+    j.flow = s.text(3);
+    j.priority = static_cast<int>(s.integer(4));
+    j.run_at = s.real(5);
+    j.state = parse_job_state(s.text(7)).value_or(JobState::queued);
+    if (j.state == JobState::running) j.lease_expires_at = s.real(6);
+    j.attempts = static_cast<int>(s.integer(8));
+    j.idempotency_key = s.text(9);
+    j.lease_owner = j.state == JobState::running ? s.text(10) : std::string();
+    j.reason = s.text(11);
+    std::error_code ec;
+    if (!s.null(12)) j.details = json::parse(s.text(12), ec);
+    if (!s.null(13)) j.result = json::parse(s.text(13), ec);
+    if (!s.null(14)) j.latency_s = s.real(14);
+    j.created_at = s.real(15);
+    j.updated_at = s.real(16);
+    return j;
+  }
+
+  asio::any_io_executor ex_;
+  std::string url_;
+  SqliteOptions opts_;
+  QueueConfig config_;
+  std::string jobs_, effects_, version_;
+  detail::WaitSet waiters_;  // caller's executor
+  bool closed_ = false;
+
+  // Database thread only.
+  Db db_;
+  std::int64_t local_writes_ = 0;
+  std::pair<std::int64_t, std::int64_t> last_empty_{-1, -1};
+  std::optional<double> next_due_;
+
+  asio::io_context db_ctx_{1};
+  asio::executor_work_guard<asio::io_context::executor_type> work_;
+  std::thread thread_;
+};
+
+bool valid_namespace(const std::string& ns) {
+  if (ns.empty() || ns.size() > 48) return false;
+  if (!(std::isalpha(static_cast<unsigned char>(ns[0])) || ns[0] == '_')) return false;
+  return std::all_of(ns.begin(), ns.end(), [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; });
+}
+
+}  // namespace
+
+Task<std::unique_ptr<JobQueue>> open_sqlite_queue(asio::any_io_executor ex, std::string url, QueueConfig config) {
+  auto opts = parse_sqlite_url(url);
+  if (!valid_namespace(config.namespace_))
+    throw QueueError("cannot open queue " + redact_url(url) + ": namespace '" + config.namespace_ +
+                     "' must be letters, digits and '_' (it prefixes table names)");
+  auto q = std::make_unique<SqliteQueue>(ex, url, std::move(opts), std::move(config));
+  std::exception_ptr ep;
+  try {
+    co_await q->open();
+  } catch (const QueueError&) {
+    ep = std::current_exception();
+  } catch (const std::exception& e) {
+    ep = std::make_exception_ptr(QueueError("cannot open queue " + redact_url(url) + ": " + e.what()));
+  }
+  if (ep) {
+    q->shutdown_now();
+    std::rethrow_exception(ep);
+  }
+  co_return q;
+}
+
+}  // namespace penguiflow::queue
+
+namespace penguiflow::queue {
+Task<std::unique_ptr<JobQueue>> open_sqlite_queue(boost::asio::any_io_executor ex, std::string url) {
+  return open_sqlite_queue(std::move(ex), std::move(url), QueueConfig{});
+}
+}  // namespace penguiflow::queue
