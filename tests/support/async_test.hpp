@@ -17,7 +17,11 @@ template <class T>
 T run_async(boost::asio::awaitable<T> work, std::chrono::milliseconds bound = std::chrono::seconds(20)) {
   boost::asio::io_context io;
   auto fut = boost::asio::co_spawn(io, std::move(work), boost::asio::use_future);
-  io.run_for(bound);
+  auto deadline = std::chrono::steady_clock::now() + bound;
+  while (fut.wait_for(std::chrono::seconds(0)) != std::future_status::ready &&
+         std::chrono::steady_clock::now() < deadline) {
+    if (io.run_one_until(deadline) == 0) break;
+  }
   if (fut.wait_for(std::chrono::seconds(0)) != std::future_status::ready) {
     // Cancel what is left and drain, so sanitizers see no leak, then fail loudly.
     io.stop();

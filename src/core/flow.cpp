@@ -1,0 +1,716 @@
+#include "flow_impl.hpp"
+
+#include <penguiflow/core/logging.hpp>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <functional>
+#include <unordered_set>
+
+namespace penguiflow::detail {
+
+namespace asio = boost::asio;
+using boost::system::error_code;
+
+namespace {
+
+double mono_ms() {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+std::string describe_exception(std::exception_ptr e, std::string* type = nullptr) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& ex) {
+    if (type) *type = boost::core::demangle(typeid(ex).name());
+    return ex.what();
+  } catch (...) {
+    if (type) *type = "unknown";
+    return "unknown exception";
+  }
+}
+
+bool is_validation(std::exception_ptr e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const ValidationError&) {
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
+// The result of one attempt, captured so that `work || timer` never loses the work's
+// exception to the timer (DESIGN.md pitfall).
+struct Guarded {
+  NodeOutput out;
+  std::exception_ptr error;
+};
+
+Task<Guarded> guarded(const NodeSpec& spec, std::any& input, Context& ctx) {
+  Guarded g;
+  try {
+    g.out = co_await spec.invoke(input, ctx);
+  } catch (...) {
+    g.error = std::current_exception();
+  }
+  co_return g;
+}
+
+}  // namespace
+
+void TraceRef::reset() {
+  if (s_ && --s_->refs == 0) s_->flow->release_trace(s_);
+  s_ = nullptr;
+}
+
+// ---------------------------------------------------------------- construction
+
+FlowImpl::FlowImpl(std::vector<Adjacency> adjacency, FlowOptions options) : options_(std::move(options)) {
+  if (adjacency.empty()) throw FlowUsageError("a flow needs at least one node");
+  std::unordered_map<const NodeSpec*, NodeRuntime*> by_spec;
+  std::unordered_map<std::string, const NodeSpec*> by_name;
+  auto add = [&](const std::shared_ptr<const NodeSpec>& spec) -> NodeRuntime* {
+    if (!spec) throw FlowUsageError("flow '" + options_.name + "': null node in adjacency");
+    if (auto it = by_spec.find(spec.get()); it != by_spec.end()) return it->second;
+    if (auto [it, fresh] = by_name.emplace(spec->name, spec.get()); !fresh)
+      throw FlowUsageError("flow '" + options_.name + "': two different nodes are named '" + spec->name + "'");
+    auto rt = std::make_unique<NodeRuntime>();
+    rt->spec = spec;
+    auto* p = rt.get();
+    nodes_.push_back(std::move(rt));
+    by_spec.emplace(spec.get(), p);
+    return p;
+  };
+  for (auto& adj : adjacency) {
+    NodeRuntime* from = add(adj.from);
+    for (auto& to : adj.to) {
+      NodeRuntime* t = add(to);
+      if (std::find(from->successors.begin(), from->successors.end(), t) != from->successors.end())
+        throw FlowUsageError("flow '" + options_.name + "': edge " + from->spec->name + " -> " + t->spec->name +
+                             " is listed twice");
+      from->successors.push_back(t);
+      if (t != from) ++t->predecessors;
+    }
+  }
+  // C1: reject cycles unless allowed (a node may allow its own self-loop).
+  if (!options_.allow_cycles) {
+    enum Mark { white, grey, black };
+    std::unordered_map<NodeRuntime*, Mark> mark;
+    std::vector<NodeRuntime*> path;
+    std::function<void(NodeRuntime*)> dfs = [&](NodeRuntime* n) {
+      mark[n] = grey;
+      path.push_back(n);
+      for (NodeRuntime* s : n->successors) {
+        if (s == n) {
+          if (!n->spec->options.allow_cycle)
+            throw CycleError("flow '" + options_.name + "': cycle " + n->spec->name + " -> " + n->spec->name +
+                             " (set NodeOptions::allow_cycle for a self-loop)");
+          continue;
+        }
+        if (mark[s] == grey) {
+          std::string names;
+          auto it = std::find(path.begin(), path.end(), s);
+          for (; it != path.end(); ++it) names += (*it)->spec->name + " -> ";
+          throw CycleError("flow '" + options_.name + "': cycle " + names + s->spec->name +
+                           " (set FlowOptions::allow_cycles to permit it)");
+        }
+        if (mark[s] == white) dfs(s);
+      }
+      path.pop_back();
+      mark[n] = black;
+    };
+    for (auto& n : nodes_)
+      if (mark[n.get()] == white) dfs(n.get());
+  }
+  std::size_t cap = options_.queue_maxsize > 0 ? static_cast<std::size_t>(options_.queue_maxsize) : 0;
+  for (auto& n : nodes_) {
+    n->inbox.capacity = cap;
+    if (n->predecessors == 0) ingress_.push_back(n.get());
+  }
+  sink_.capacity = cap;
+  if (ingress_.empty()) throw FlowUsageError("flow '" + options_.name + "': no ingress node (every node has a predecessor)");
+}
+
+FlowImpl::~FlowImpl() {
+  // Items hold TraceRefs into traces_; clear them while the map is alive.
+  for (auto& n : nodes_) n->inbox.items.clear();
+  sink_.items.clear();
+}
+
+NodeRuntime* FlowImpl::find(const NodeSpec* spec) const {
+  for (auto& n : nodes_)
+    if (n->spec.get() == spec) return n.get();
+  return nullptr;
+}
+
+void FlowImpl::check_running(const char* what) const {
+  if (!running_) throw FlowUsageError(std::string(what) + " on flow '" + options_.name + "' before run()");
+}
+
+// ---------------------------------------------------------------- lifecycle
+
+void FlowImpl::run(asio::any_io_executor ex) {
+  if (running_) throw FlowUsageError("flow '" + options_.name + "' is already running (call stop() first)");
+  for (auto& n : nodes_) {
+    const auto& s = *n->spec;
+    if (s.options.policy.validate && *s.options.policy.validate != Validate::none) {
+      Validate v = *s.options.policy.validate;
+      bool in = v == Validate::in || v == Validate::both;
+      bool out = v == Validate::out || v == Validate::both;
+      if ((in && s.input_type.empty()) || (out && s.output_type.empty()))
+        throw FlowUsageError("node '" + s.name + "' asks for validation but has no typed " +
+                             std::string(in && s.input_type.empty() ? "input" : "output") +
+                             " (declare the type in its signature or use Validate::none)");
+    }
+  }
+  ex_ = ex;
+  running_ = true;
+  stopping_ = false;
+  auto self = shared_from_this();
+  for (auto& n : nodes_) {
+    ++workers_alive_;
+    asio::co_spawn(ex, worker(*n),
+                   asio::bind_cancellation_slot(n->signal.slot(), [self](std::exception_ptr e) {
+                     if (e) log_record(LogLevel::error, "node_worker_crashed", {{"error", describe_exception(e)}});
+                     --self->workers_alive_;
+                     self->workers_done_.notify_all();
+                   }));
+  }
+}
+
+Task<void> FlowImpl::stop() {
+  if (!running_) co_return;
+  auto self = shared_from_this();
+  stopping_ = true;
+  for (auto& n : nodes_) n->signal.emit(asio::cancellation_type::terminal);
+  // Wake external emitters / fetchers: they see stopping_ and throw FlowStoppedError.
+  for (auto& n : nodes_) {
+    n->inbox.writers.notify_all();
+    n->inbox.readers.notify_all();
+  }
+  sink_.writers.notify_all();
+  sink_.any_readers.notify_all();
+  for (auto& [_, wq] : sink_.trace_readers) wq.notify_all();
+  while (workers_alive_ > 0) co_await workers_done_.wait();
+  for (auto& n : nodes_) {
+    n->inbox.items.clear();
+    n->busy = false;
+    n->current = nullptr;
+  }
+  sink_.items.clear();
+  stream_seq_.clear();
+  running_ = false;
+  stopping_ = false;
+}
+
+// ---------------------------------------------------------------- traces
+
+TraceRef FlowImpl::trace_for(std::string_view id) {
+  if (id.empty()) return {};
+  if (auto it = traces_.find(id); it != traces_.end()) return TraceRef(it->second);
+  auto* t = new TraceState{std::string(id), this};
+  traces_.emplace(t->id, t);
+  return TraceRef(t);
+}
+
+void FlowImpl::release_trace(TraceState* t) {
+  traces_.erase(t->id);
+  delete t;
+}
+
+TraceRef FlowImpl::stamp(std::any& msg, std::string trace_id) {
+  if (auto* m = std::any_cast<Message>(&msg)) {
+    if (!trace_id.empty()) m->trace_id = std::move(trace_id);
+    else if (m->trace_id.empty()) m->trace_id = random_id();
+    if (m->ts == 0) m->ts = wall_now();
+    return trace_for(m->trace_id);
+  }
+  return trace_for(trace_id);
+}
+
+bool FlowImpl::cancel(std::string_view trace_id) {
+  auto it = traces_.find(trace_id);
+  if (it == traces_.end()) return false;
+  TraceRef t(it->second);  // keep it alive while we drop its items
+  if (t->cancelled) return true;
+  t->cancelled = true;
+  if (listening()) publish(make_event(EventType::trace_cancel_start, nullptr, t.get()));
+  auto drop = [&](std::deque<Item>& q) {
+    auto before = q.size();
+    std::erase_if(q, [&](const Item& i) { return i.trace.get() == t.get(); });
+    return before - q.size();
+  };
+  for (auto& n : nodes_) {
+    auto dropped = drop(n->inbox.items);
+    if (dropped) {
+      t->pending -= dropped;
+      n->inbox.writers.notify_all();
+      if (listening()) {
+        auto ev = make_event(EventType::trace_cancel_drop, n.get(), t.get());
+        ev.extra["dropped"] = dropped;
+        publish(std::move(ev));
+      }
+    }
+  }
+  if (auto dropped = drop(sink_.items)) {
+    t->pending -= dropped;
+    sink_.writers.notify_all();
+  }
+  for (auto& n : nodes_)
+    if (n->busy && n->current == t.get()) n->signal.emit(asio::cancellation_type::terminal);
+  finish_if_cancelled(t.get());
+  return true;
+}
+
+void FlowImpl::finish_if_cancelled(TraceState* t) {
+  if (t && t->cancelled && t->inflight == 0 && listening())
+    publish(make_event(EventType::trace_cancel_finish, nullptr, t));
+}
+
+// ---------------------------------------------------------------- queues
+
+Item FlowImpl::pop(ItemQueue& q) {
+  Item item = std::move(q.items.front());
+  q.items.pop_front();
+  if (item.trace) --item.trace->pending;
+  q.writers.notify_one();
+  return item;
+}
+
+bool FlowImpl::try_push(NodeRuntime& n, Item& item) {
+  if (n.inbox.full()) return false;
+  if (item.trace) ++item.trace->pending;
+  n.inbox.items.push_back(std::move(item));
+  n.inbox.readers.notify_one();
+  return true;
+}
+
+Task<void> FlowImpl::push(NodeRuntime& n, Item item) {
+  while (!try_push(n, item)) {
+    if (stopping_ || !running_) throw FlowStoppedError("flow '" + options_.name + "' stopped");
+    if (item.trace && item.trace->cancelled) co_return;
+    co_await n.inbox.writers.wait();
+  }
+}
+
+bool FlowImpl::try_push_sink(Item& item) {
+  bool awaited = item.trace && sink_.trace_readers.contains(item.trace->id);
+  if (sink_.full() && !awaited) return false;
+  if (item.trace) ++item.trace->pending;
+  WaitQueue* reader = &sink_.any_readers;
+  if (awaited) reader = &sink_.trace_readers.find(item.trace->id)->second;
+  sink_.items.push_back(std::move(item));
+  reader->notify_one();
+  return true;
+}
+
+Task<void> FlowImpl::push_sink(Item item) {
+  while (!try_push_sink(item)) {
+    if (stopping_ || !running_) throw FlowStoppedError("flow '" + options_.name + "' stopped");
+    if (item.trace && item.trace->cancelled) co_return;
+    co_await sink_.writers.wait();
+  }
+}
+
+// Sends one item to each target (copies for all but the last); nullptr target = sink.
+Task<void> FlowImpl::deliver(NodeRuntime* from, std::vector<NodeRuntime*> targets, Item item) {
+  item.source = from;
+  for (std::size_t i = 0; i < targets.size(); ++i) {
+    Item it = i + 1 == targets.size() ? std::move(item) : item;
+    if (it.trace && it.trace->cancelled) co_return;
+    if (targets[i] == nullptr) {
+      if (!try_push_sink(it)) co_await push_sink(std::move(it));
+    } else if (!try_push(*targets[i], it)) {
+      co_await push(*targets[i], std::move(it));
+    }
+  }
+}
+
+std::vector<NodeRuntime*> FlowImpl::resolve_targets(const Targets& to, const char* who) const {
+  std::vector<NodeRuntime*> out;
+  if (to.empty()) return ingress_;
+  for (const Node& node : to) {
+    NodeRuntime* n = find(&node.spec());
+    if (!n) throw FlowUsageError(std::string(who) + ": unknown target node '" + node.name() + "' in flow '" + options_.name + "'");
+    out.push_back(n);
+  }
+  return out;
+}
+
+std::vector<NodeRuntime*> FlowImpl::successors_for(NodeRuntime& n, const Targets& to) const {
+  if (n.successors.empty()) {
+    if (!to.empty())
+      throw FlowUsageError("node '" + n.spec->name + "' cannot emit to '" + to.front().name() +
+                           "': it has no successors (its output goes to the sink)");
+    return {nullptr};
+  }
+  if (to.empty()) return n.successors;
+  std::vector<NodeRuntime*> out;
+  for (const Node& node : to) {
+    auto it = std::find_if(n.successors.begin(), n.successors.end(),
+                           [&](NodeRuntime* s) { return s->spec.get() == &node.spec(); });
+    if (it == n.successors.end())
+      throw FlowUsageError("node '" + n.spec->name + "' cannot emit to '" + node.name() + "': not one of its successors");
+    out.push_back(*it);
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- emit / fetch
+
+Task<void> FlowImpl::emit(std::any msg, std::string trace_id, Targets to) {
+  check_running("emit");
+  auto self = shared_from_this();
+  auto targets = resolve_targets(to, "emit");
+  Item item{std::move(msg), {}, nullptr};
+  item.trace = stamp(item.value, std::move(trace_id));
+  co_await deliver(nullptr, std::move(targets), std::move(item));
+}
+
+void FlowImpl::emit_nowait(std::any msg, std::string trace_id, Targets to) {
+  check_running("emit_nowait");
+  auto targets = resolve_targets(to, "emit_nowait");
+  for (auto* t : targets)
+    if (t->inbox.full()) throw QueueFullError("queue of node '" + t->spec->name + "' is full");
+  Item item{std::move(msg), {}, nullptr};
+  item.trace = stamp(item.value, std::move(trace_id));
+  for (std::size_t i = 0; i < targets.size(); ++i) {
+    Item it = i + 1 == targets.size() ? std::move(item) : item;
+    try_push(*targets[i], it);
+  }
+}
+
+Task<void> FlowImpl::node_emit(NodeRuntime& n, TraceState* current, std::any msg, const Targets& to) {
+  auto targets = successors_for(n, to);
+  Item item{std::move(msg), {}, nullptr};
+  if (auto* m = std::any_cast<Message>(&item.value); m && !m->trace_id.empty()) item.trace = trace_for(m->trace_id);
+  else item.trace = TraceRef(current);
+  co_await deliver(&n, std::move(targets), std::move(item));
+}
+
+void FlowImpl::node_emit_nowait(NodeRuntime& n, TraceState* current, std::any msg, const Targets& to) {
+  auto targets = successors_for(n, to);
+  for (auto* t : targets)
+    if (t ? t->inbox.full() : sink_.full()) throw QueueFullError("queue of '" + (t ? t->spec->name : std::string("sink")) + "' is full");
+  Item item{std::move(msg), {}, &n};
+  if (auto* m = std::any_cast<Message>(&item.value); m && !m->trace_id.empty()) item.trace = trace_for(m->trace_id);
+  else item.trace = TraceRef(current);
+  for (std::size_t i = 0; i < targets.size(); ++i) {
+    Item it = i + 1 == targets.size() ? std::move(item) : item;
+    if (targets[i]) try_push(*targets[i], it);
+    else try_push_sink(it);
+  }
+}
+
+int FlowImpl::next_seq(const std::string& stream_id, bool done) {
+  int& seq = stream_seq_[stream_id];
+  int mine = seq++;
+  if (done) stream_seq_.erase(stream_id);
+  return mine;
+}
+
+Task<Fetched> FlowImpl::fetch(std::string trace_id, NodeRuntime* from) {
+  check_running("fetch");
+  auto self = shared_from_this();
+  if (!trace_id.empty()) trace_fetch_used_ = true;
+  if (from && trace_fetch_used_)
+    throw FlowUsageError("fetch from node '" + from->spec->name + "': source filtering is refused once trace-scoped fetching is in use");
+  for (;;) {
+    if (stopping_ || !running_) throw FlowStoppedError("flow '" + options_.name + "' stopped");
+    auto it = std::find_if(sink_.items.begin(), sink_.items.end(), [&](const Item& i) {
+      if (from) return i.source == from;
+      if (trace_id.empty()) return true;
+      return i.trace && i.trace->id == trace_id;
+    });
+    if (it != sink_.items.end()) {
+      Item item = std::move(*it);
+      sink_.items.erase(it);
+      if (item.trace) --item.trace->pending;
+      sink_.writers.notify_one();
+      co_return Fetched{std::move(item.value), item.trace ? item.trace->id : std::string(),
+                        item.source ? item.source->spec->name : std::string()};
+    }
+    if (trace_id.empty()) {
+      co_await sink_.any_readers.wait();
+    } else {
+      auto& wq = sink_.trace_readers[trace_id];
+      std::exception_ptr err;
+      try {
+        co_await wq.wait();
+      } catch (...) {
+        err = std::current_exception();
+      }
+      if (auto w = sink_.trace_readers.find(trace_id); w != sink_.trace_readers.end() && w->second.empty())
+        sink_.trace_readers.erase(w);
+      if (err) std::rethrow_exception(err);
+    }
+  }
+}
+
+Fetched FlowImpl::fetch_nowait(std::string trace_id) {
+  check_running("fetch_nowait");
+  if (!trace_id.empty()) trace_fetch_used_ = true;
+  auto it = std::find_if(sink_.items.begin(), sink_.items.end(),
+                         [&](const Item& i) { return trace_id.empty() || (i.trace && i.trace->id == trace_id); });
+  if (it == sink_.items.end())
+    throw QueueEmptyError("sink of flow '" + options_.name + "' is empty" + (trace_id.empty() ? "" : " for trace '" + trace_id + "'"));
+  Item item = std::move(*it);
+  sink_.items.erase(it);
+  if (item.trace) --item.trace->pending;
+  sink_.writers.notify_one();
+  return Fetched{std::move(item.value), item.trace ? item.trace->id : std::string(),
+                 item.source ? item.source->spec->name : std::string()};
+}
+
+Task<std::any> FlowImpl::call(std::any msg, std::string trace_id) {
+  if (trace_id.empty()) throw FlowUsageError("call on flow '" + options_.name + "' needs a trace id");
+  auto self = shared_from_this();
+  auto& lock = call_locks_[trace_id];
+  while (lock.locked) co_await lock.waiters.wait();
+  lock.locked = true;
+  std::exception_ptr err;
+  std::any result;
+  try {
+    Targets ingress;  // named: g++ 12 miscompiles braced temporaries inside co_await
+    co_await emit(std::move(msg), trace_id, std::move(ingress));
+    result = (co_await fetch(trace_id, nullptr)).value;
+  } catch (...) {
+    err = std::current_exception();
+  }
+  lock.locked = false;
+  if (lock.waiters.empty()) call_locks_.erase(trace_id);
+  else lock.waiters.notify_one();
+  if (err) std::rethrow_exception(err);
+  co_return result;
+}
+
+// ---------------------------------------------------------------- node workers
+
+Task<void> FlowImpl::worker(NodeRuntime& n) {
+  for (;;) {
+    if (stopping_) co_return;
+    if (n.inbox.items.empty()) {
+      bool aborted = false;
+      try {
+        co_await n.inbox.readers.wait();
+      } catch (const boost::system::system_error&) {
+        aborted = true;
+      }
+      if (aborted) {
+        if (stopping_) co_return;
+        co_await asio::this_coro::reset_cancellation_state();
+      }
+      continue;
+    }
+    co_await process(n, pop(n.inbox));
+  }
+}
+
+Task<std::optional<NodeOutput>> FlowImpl::attempt_with_timeout(NodeRuntime& n, std::any& input, Context& ctx,
+                                                               double timeout_s) {
+  using namespace asio::experimental::awaitable_operators;
+  asio::steady_timer timer(*ex_, std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                     std::chrono::duration<double>(timeout_s)));
+  auto r = co_await (guarded(*n.spec, input, ctx) || timer.async_wait(asio::as_tuple(asio::use_awaitable)));
+  if (r.index() == 1) co_return std::nullopt;  // timed out; the attempt was cancelled
+  auto& g = std::get<0>(r);
+  if (g.error) std::rethrow_exception(g.error);
+  co_return std::move(g.out);
+}
+
+FlowEvent FlowImpl::make_event(EventType type, const NodeRuntime* n, const TraceState* t, int attempt) const {
+  FlowEvent ev{type};
+  ev.ts = wall_now();
+  ev.attempt = attempt;
+  ev.queue_maxsize = options_.queue_maxsize;
+  if (n) {
+    ev.node_name = n->spec->name;
+    ev.node_id = n->spec->id;
+    ev.queue_depth_in = n->inbox.items.size();
+    for (auto* s : n->successors) ev.queue_depth_out += s->inbox.items.size();
+    if (n->successors.empty()) ev.queue_depth_out = sink_.items.size();
+    ev.outgoing_edges = n->successors.size();
+  }
+  if (t) {
+    ev.trace_id = t->id;
+    ev.trace_pending = t->pending;
+    ev.trace_inflight = t->inflight;
+    ev.trace_cancelled = t->cancelled;
+  }
+  return ev;
+}
+
+void FlowImpl::publish(FlowEvent&& ev) {
+  for (auto& mw : options_.middlewares) {
+    try {
+      mw(ev);
+    } catch (const std::exception& e) {
+      log_record(LogLevel::warn, "middleware_error", {{"flow", options_.name}, {"event", to_string(ev.type)}, {"error", e.what()}});
+    } catch (...) {
+      log_record(LogLevel::warn, "middleware_error", {{"flow", options_.name}, {"event", to_string(ev.type)}});
+    }
+  }
+}
+
+Task<void> FlowImpl::process(NodeRuntime& n, Item item) {
+  TraceState* t = item.trace.get();
+  if (t && t->cancelled) co_return;
+  if (auto* m = std::any_cast<Message>(&item.value); m && m->deadline_s && wall_now() > *m->deadline_s) {
+    // C9: skip, record, and tell the trace's reader why nothing else is coming.
+    if (listening()) publish(make_event(EventType::deadline_skip, &n, t));
+    Item answer{m->with_payload(FinalAnswer{"Deadline exceeded"}), item.trace, &n};
+    bool aborted = false;
+    try {
+      if (!try_push_sink(answer)) co_await push_sink(std::move(answer));
+    } catch (...) {
+      aborted = true;  // stopped, or the trace was cancelled while the sink was full
+    }
+    if (aborted && !stopping_) co_await asio::this_coro::reset_cancellation_state();
+    co_return;
+  }
+
+  const NodeSpec& spec = *n.spec;
+  const NodePolicy& policy = spec.options.policy;
+  const int max_attempts = std::max(1, policy.max_retries + 1);
+  if (t) ++t->inflight;
+  n.busy = true;
+  n.current = t;
+  Context ctx(this, &n, t);
+  auto interrupted = [&] { return stopping_ || (t && t->cancelled); };
+
+  try {
+    for (int attempt = 0;; ++attempt) {
+      const bool last = attempt + 1 >= max_attempts;
+      std::any input = last ? std::move(item.value) : item.value;
+      if (listening()) publish(make_event(EventType::node_start, &n, t, attempt));
+      const double t0 = mono_ms();
+      std::exception_ptr error;
+      bool timed_out = false;
+      NodeOutput out;
+      try {
+        if (policy.timeout_s) {
+          auto r = co_await attempt_with_timeout(n, input, ctx, *policy.timeout_s);
+          if (r) out = std::move(*r);
+          else timed_out = true;
+        } else {
+          out = co_await spec.invoke(input, ctx);
+        }
+      } catch (...) {
+        error = std::current_exception();
+      }
+      const double latency = mono_ms() - t0;
+      if (interrupted()) break;
+
+      if (!error && !timed_out) {
+        if (listening()) {
+          auto ev = make_event(EventType::node_success, &n, t, attempt);
+          ev.latency_ms = latency;
+          publish(std::move(ev));
+        }
+        if (out) {
+          // Named locals: g++ 12 miscompiles braced temporaries inside co_await.
+          Item next{std::move(*out), item.trace, &n};
+          auto targets = n.successors.empty() ? std::vector<NodeRuntime*>{nullptr} : n.successors;
+          co_await deliver(&n, std::move(targets), std::move(next));
+        }
+        break;
+      }
+
+      std::string type;
+      std::string what = timed_out ? "attempt exceeded timeout of " + std::to_string(*policy.timeout_s) + " s"
+                                   : describe_exception(error, &type);
+      if (listening()) {
+        auto ev = make_event(timed_out ? EventType::node_timeout : EventType::node_error, &n, t, attempt);
+        ev.latency_ms = latency;
+        ev.extra["error"] = what;
+        publish(std::move(ev));
+      }
+      if (!last) {
+        double backoff = policy.backoff_for(attempt);
+        if (listening()) {
+          auto ev = make_event(EventType::node_retry, &n, t, attempt);
+          ev.extra["backoff_s"] = backoff;
+          publish(std::move(ev));
+        }
+        if (backoff > 0) {
+          asio::steady_timer timer(*ex_, std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                             std::chrono::duration<double>(backoff)));
+          co_await timer.async_wait(asio::use_awaitable);
+        }
+        continue;
+      }
+      FlowError fe{t ? t->id : std::string(), spec.name, spec.id,
+                   timed_out ? FlowErrorCode::node_timeout
+                             : (is_validation(error) ? FlowErrorCode::validation_error : FlowErrorCode::node_exception),
+                   what, type, attempt + 1, latency};
+      if (listening()) {
+        auto ev = make_event(EventType::node_failed, &n, t, attempt);
+        ev.latency_ms = latency;
+        ev.extra["error"] = what;
+        ev.extra["code"] = to_string(fe.code);
+        publish(std::move(ev));
+      }
+      if (log_enabled(LogLevel::warn)) {
+        auto j = fe.to_json().as_object();
+        j["flow"] = options_.name;
+        log_record(LogLevel::warn, "node_failed", j);
+      }
+      if (options_.emit_errors_to_rookery && t) {
+        Item err_item{std::move(fe), item.trace, &n};
+        if (!try_push_sink(err_item)) co_await push_sink(std::move(err_item));
+      }
+      break;
+    }
+  } catch (...) {
+    // Only cancellation (trace cancel, stop) or a stop while waiting reaches here.
+    if (!interrupted()) {
+      log_record(LogLevel::error, "node_unexpected_error",
+                 {{"flow", options_.name}, {"node", spec.name}, {"error", describe_exception(std::current_exception())}});
+    }
+  }
+  if (t && t->cancelled && !stopping_) {
+    if (listening()) publish(make_event(EventType::node_trace_cancelled, &n, t));
+  }
+  if (!stopping_) co_await asio::this_coro::reset_cancellation_state();
+  n.busy = false;
+  n.current = nullptr;
+  if (t) {
+    --t->inflight;
+    finish_if_cancelled(t);
+  }
+}
+
+std::string FlowImpl::to_mermaid() const {
+  std::string out = "graph TD\n";
+  auto id = [](const NodeRuntime* n) { return "n_" + n->spec->id.substr(0, 8); };
+  out += "    OpenSea[[OpenSea]]\n    Rookery[[Rookery]]\n";
+  for (auto& n : nodes_) out += "    " + id(n.get()) + "[\"" + n->spec->name + "\"]\n";
+  for (auto* n : ingress_) out += "    OpenSea --> " + id(n) + "\n";
+  for (auto& n : nodes_) {
+    for (auto* s : n->successors) out += "    " + id(n.get()) + " --> " + id(s) + "\n";
+    if (n->successors.empty()) out += "    " + id(n.get()) + " --> Rookery\n";
+  }
+  return out;
+}
+
+std::string FlowImpl::to_dot() const {
+  std::string out = "digraph \"" + options_.name + "\" {\n    rankdir=LR;\n    OpenSea [shape=doubleoctagon];\n    Rookery [shape=doubleoctagon];\n";
+  for (auto& n : nodes_) out += "    \"" + n->spec->name + "\" [shape=box];\n";
+  for (auto* n : ingress_) out += "    OpenSea -> \"" + n->spec->name + "\";\n";
+  for (auto& n : nodes_) {
+    for (auto* s : n->successors) out += "    \"" + n->spec->name + "\" -> \"" + s->spec->name + "\";\n";
+    if (n->successors.empty()) out += "    \"" + n->spec->name + "\" -> Rookery;\n";
+  }
+  return out + "}\n";
+}
+
+}  // namespace penguiflow::detail
