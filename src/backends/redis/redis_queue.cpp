@@ -1,0 +1,418 @@
+// The Redis JobQueue: Lua scripts over one pipelined connection, BLPOP wake-ups for idle
+// fetchers. Layout and wire format: docs/wire-format.md#redis.
+#include <penguiflow/backends/redis.hpp>
+#include <penguiflow/queue/ids.hpp>
+#include <penguiflow/queue/job_codec.hpp>
+
+#include "connection.hpp"
+#include "scripts.hpp"
+
+#include <boost/asio/this_coro.hpp>
+#include <boost/json.hpp>
+
+#include <algorithm>
+#include <array>
+#include <charconv>
+#include <limits>
+#include <unordered_map>
+
+namespace penguiflow::queue {
+namespace {
+
+using redis::Connection;
+using redis::RespValue;
+using redis::Script;
+
+std::string num(double v) {
+  std::array<char, 64> buf;
+  auto [p, ec] = std::to_chars(buf.data(), buf.data() + buf.size(), v);
+  return std::string(buf.data(), p);
+}
+
+double to_double(const std::string& s, double dflt = 0) {
+  if (s.empty()) return dflt;
+  double v = dflt;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  return ec == std::errc() ? v : dflt;
+}
+
+int to_int(const std::string& s, int dflt = 0) {
+  if (s.empty()) return dflt;
+  double d = to_double(s, dflt);
+  return static_cast<int>(d);
+}
+
+using Fields = std::unordered_map<std::string, std::string>;
+
+Fields to_fields(const RespValue& v) {
+  Fields f;
+  for (std::size_t i = 0; i + 1 < v.elements.size(); i += 2) f[v.elements[i].str] = v.elements[i + 1].str;
+  return f;
+}
+
+std::string field(const Fields& f, const char* name) {
+  auto it = f.find(name);
+  return it == f.end() ? std::string() : it->second;
+}
+
+boost::json::value parse_or_string(const std::string& s) {
+  if (s.empty()) return nullptr;
+  boost::system::error_code ec;
+  auto v = boost::json::parse(s, ec);
+  if (ec) return boost::json::value(s);
+  return v;
+}
+
+/// A decoded job document overlaid with the hash fields (the authority on state).
+/// `decode_error` receives the Q9 refusal when the document does not decode; the Job is
+/// then built from the hash fields alone (payload null).
+Job job_from_fields(const Fields& f, const QueueConfig& config, std::optional<DecodeError>* decode_error) {
+  std::string id = field(f, "id");
+  Job job;
+  auto doc = f.find("doc");
+  if (doc == f.end()) {
+    if (decode_error)
+      *decode_error = DecodeError{DecodeError::Code::bad_json, "malformed job: job document missing (no 'doc' field)"};
+  } else {
+    auto d = decode_job_document(doc->second, config, id);
+    if (d.job)
+      job = std::move(*d.job);
+    else if (decode_error)
+      *decode_error = d.error;
+  }
+  job.id = id;
+  if (auto t = field(f, "tenant"); !t.empty() || job.tenant.empty()) job.tenant = t;
+  if (auto s = parse_job_state(field(f, "state"))) job.state = *s;
+  job.attempts = to_int(field(f, "attempts"), job.attempts);
+  job.priority = to_int(field(f, "priority"), job.priority);
+  job.run_at = to_double(field(f, "run_at"), job.run_at);
+  job.reason = field(f, "reason");
+  job.details = parse_or_string(field(f, "details"));
+  job.result = parse_or_string(field(f, "result"));
+  job.created_at = to_double(field(f, "created_at"));
+  job.updated_at = to_double(field(f, "updated_at"));
+  if (auto l = field(f, "latency_s"); !l.empty()) job.latency_s = to_double(l);
+  job.lease_owner = field(f, "lease_owner");
+  job.lease_expires_at = to_double(field(f, "lease_expires_at"));
+  return job;
+}
+
+QueueConfig inspection_config() {
+  QueueConfig c;
+  c.max_payload_bytes = std::numeric_limits<std::size_t>::max();
+  return c;
+}
+
+class RedisQueue final : public JobQueue {
+ public:
+  RedisQueue(boost::asio::any_io_executor ex, redis::Endpoint ep, QueueConfig config)
+      : ex_(ex),
+        ep_(ep),
+        config_(std::move(config)),
+        keys_(config_.namespace_),
+        script_keys_(keys_.script_keys()),
+        conn_(ex, ep, "penguiflow:" + config_.namespace_) {}
+
+  ~RedisQueue() override { close_now(); }
+
+  Task<void> open() {
+    co_await conn_.connect();
+    std::vector<std::vector<std::string>> loads;
+    for (std::size_t i = 0; i < redis::kScriptCount; ++i)
+      loads.push_back({"SCRIPT", "LOAD", redis::script_text(static_cast<Script>(i))});
+    auto replies = co_await conn_.exec_many(std::move(loads));
+    for (std::size_t i = 0; i < replies.size(); ++i) {
+      if (replies[i].is_error())
+        throw error("cannot load script " + std::string(redis::script_name(static_cast<Script>(i))) + " (" +
+                    replies[i].str + ")");
+      shas_[i] = replies[i].str;
+    }
+  }
+
+  Task<EnqueueResult> enqueue(NewJob job) override {
+    std::vector<NewJob> one;
+    one.push_back(std::move(job));
+    auto r = co_await enqueue_bulk(std::move(one));
+    co_return r.front();
+  }
+
+  Task<std::vector<EnqueueResult>> enqueue_bulk(std::vector<NewJob> jobs) override {
+    std::vector<EnqueueResult> out;
+    out.reserve(jobs.size());
+    constexpr std::size_t kChunk = 500;  // bounds one script's run time and argument count
+    for (std::size_t start = 0; start < jobs.size(); start += kChunk) {
+      std::size_t end = std::min(jobs.size(), start + kChunk);
+      double now = unix_now();
+      std::vector<std::string> argv{num(now), std::to_string(end - start)};
+      argv.reserve(2 + 7 * (end - start));
+      for (std::size_t i = start; i < end; ++i) {
+        Job j = make_job(jobs[i], new_job_id(), now);
+        argv.push_back(j.id);
+        argv.push_back(encode_job_document(j));
+        argv.push_back(j.tenant);
+        argv.push_back(std::to_string(j.priority));
+        argv.push_back(num(j.run_at));
+        argv.push_back(j.idempotency_key);
+        argv.push_back(jobs[i].delay_s > 0 ? "1" : "0");
+      }
+      auto r = co_await eval(Script::enqueue, std::move(argv));
+      for (std::size_t i = 0; i + 1 < r.elements.size(); i += 2)
+        out.push_back(EnqueueResult{r.elements[i].str, r.elements[i + 1].as_int() == 1});
+    }
+    co_return out;
+  }
+
+  Task<std::vector<LeasedJob>> fetch(FetchRequest req) override {
+    const auto deadline = std::chrono::steady_clock::now() + req.wait;
+    const int max_jobs = std::max(1, req.max_jobs);
+    std::vector<LeasedJob> out;
+    while (true) {
+      double now = unix_now();
+      double expires = now + std::chrono::duration<double>(req.lease).count();
+      std::string token_prefix = new_lease_token();
+      std::vector<std::string> args1{num(now), std::to_string(max_jobs), req.owner, num(expires), token_prefix};
+      auto r = co_await eval(Script::fetch, std::move(args1));
+      if (!r.is_array() || r.elements.size() != 2) throw error("unexpected fetch reply");
+      const std::string next_due = r.elements[0].str;
+      bool refused = false;
+      for (const auto& jv : r.elements[1].elements) {
+        Fields f = to_fields(jv);
+        std::optional<DecodeError> bad;
+        Job job = job_from_fields(f, config_, &bad);
+        Lease lease{job.id, req.owner, field(f, "lease_token"), to_double(field(f, "lease_expires_at"))};
+        if (bad) {
+          // Q9: dead once, with the reason; fenced by the lease just taken.
+          refused = true;
+          std::vector<std::string> args2{bad->reason, boost::json::serialize(bad->details())};
+          co_await settle(lease, "fail", std::move(args2));
+          continue;
+        }
+        out.push_back(LeasedJob{std::move(job), std::move(lease)});
+      }
+      if (!out.empty()) co_return out;
+      if (refused) continue;  // more may be ready behind the refused ones
+      auto left = std::chrono::duration<double>(deadline - std::chrono::steady_clock::now()).count();
+      if (left <= 0) co_return out;
+      double wait_s = left;
+      if (!next_due.empty()) wait_s = std::min(wait_s, to_double(next_due) - unix_now());
+      const bool until_deadline = wait_s >= left;
+      // Timed out with no wake-up token and nothing due before the deadline: nothing can
+      // have become ready, so skip the last script call (idle cost: 2 commands a wait).
+      if (!co_await wait_for_wake(std::max(wait_s, 0.01)) && until_deadline) co_return out;
+    }
+  }
+
+  Task<Settle> complete(const Lease& lease, boost::json::value result, double latency_s) override {
+    std::vector<std::string> args3{boost::json::serialize(result), num(latency_s)};
+    co_return co_await settle(lease, "complete", std::move(args3));
+  }
+
+  Task<Settle> retry(const Lease& lease, double delay_s, std::string reason) override {
+    double run_at = unix_now() + std::max(0.0, delay_s);
+    std::vector<std::string> args4{num(run_at), std::move(reason), delay_s > 0 ? "1" : "0"};
+    co_return co_await settle(lease, "retry", std::move(args4));
+  }
+
+  Task<Settle> fail(const Lease& lease, std::string reason, boost::json::value details) override {
+    std::vector<std::string> args5{std::move(reason), boost::json::serialize(details)};
+    co_return co_await settle(lease, "fail", std::move(args5));
+  }
+
+  Task<Settle> heartbeat(Lease& lease, std::chrono::milliseconds extend) override {
+    double expires = unix_now() + std::chrono::duration<double>(extend).count();
+    std::vector<std::string> args6{num(expires)};
+    auto s = co_await settle(lease, "heartbeat", std::move(args6));
+    if (s == Settle::ok) lease.expires_at = expires;
+    co_return s;
+  }
+
+  Task<Counts> counts() override {
+    std::vector<std::string> args7{num(unix_now()), "counts"};
+    auto r = co_await eval(Script::admin, std::move(args7));
+    Counts c;
+    if (!r.is_array() || r.elements.size() != 6) throw error("unexpected counts reply");
+    c.by_state["queued"] = r.elements[0].as_int() + r.elements[1].as_int();
+    c.by_state["running"] = r.elements[2].as_int();
+    c.by_state["succeeded"] = r.elements[3].as_int();
+    c.by_state["dead"] = r.elements[4].as_int();
+    const auto& kv = r.elements[5].elements;
+    for (std::size_t i = 0; i + 1 < kv.size(); i += 2) {
+      const std::string& k = kv[i].str;
+      auto n = kv[i + 1].as_int();
+      auto nl = k.rfind('\n');
+      if (nl == std::string::npos || n == 0) continue;
+      c.by_tenant[k.substr(0, nl)][k.substr(nl + 1)] = n;
+    }
+    co_return c;
+  }
+
+  Task<std::vector<Job>> list(ListFilter filter) override {
+    std::string state = filter.state ? std::string(to_string(*filter.state)) : std::string();
+    std::vector<std::string> args8{num(unix_now()), "list", state, filter.tenant ? "1" : "0",
+                                           filter.tenant.value_or(""), std::to_string(std::max(0, filter.limit))};
+    auto r = co_await eval(Script::admin, std::move(args8));
+    std::vector<Job> out;
+    static const QueueConfig ic = inspection_config();
+    for (const auto& jv : r.elements) out.push_back(job_from_fields(to_fields(jv), ic, nullptr));
+    co_return out;
+  }
+
+  Task<std::optional<Job>> get(std::string id, std::optional<std::string> tenant) override {
+    std::vector<std::string> args9{"HGETALL", keys_.job(id)};
+    auto r = co_await exec(std::move(args9));
+    if (!r.is_array() || r.elements.empty()) co_return std::nullopt;
+    Fields f = to_fields(r);
+    f["id"] = id;
+    static const QueueConfig ic = inspection_config();
+    Job job = job_from_fields(f, ic, nullptr);
+    if (tenant && job.tenant != *tenant) co_return std::nullopt;
+    co_return job;
+  }
+
+  Task<std::int64_t> requeue_dead(std::vector<std::string> ids, std::optional<std::string> tenant) override {
+    std::vector<std::string> argv{num(unix_now()), "requeue", tenant ? "1" : "0", tenant.value_or("")};
+    for (auto& id : ids) argv.push_back(std::move(id));
+    auto r = co_await eval(Script::admin, std::move(argv));
+    co_return r.as_int();
+  }
+
+  Task<bool> cancel(std::string id, std::optional<std::string> tenant) override {
+    std::vector<std::string> args10{num(unix_now()), "cancel", id, tenant ? "1" : "0", tenant.value_or("")};
+    auto r = co_await eval(Script::admin, std::move(args10));
+    co_return r.as_int() == 1;
+  }
+
+  Task<std::int64_t> purge(double older_than_s) override {
+    std::vector<std::string> args11{num(unix_now()), "purge", num(unix_now() - older_than_s)};
+    auto r = co_await eval(Script::admin, std::move(args11));
+    co_return r.as_int();
+  }
+
+  Task<boost::json::value> record_effect(std::string key, boost::json::value value) override {
+    auto text = boost::json::serialize(value);
+    std::vector<std::vector<std::string>> cmds;
+    cmds.push_back({"HSETNX", keys_.effects, key, text});
+    cmds.push_back({"HGET", keys_.effects, key});
+    auto r = co_await conn_.exec_many(std::move(cmds));
+    for (auto& v : r)
+      if (v.is_error()) throw error(v.str);
+    if (r[1].is_nil()) co_return value;
+    co_return parse_or_string(r[1].str);
+  }
+
+  Task<std::optional<boost::json::value>> lookup_effect(std::string key) override {
+    std::vector<std::string> args12{"HGET", keys_.effects, key};
+    auto r = co_await exec(std::move(args12));
+    if (r.is_nil()) co_return std::nullopt;
+    co_return parse_or_string(r.str);
+  }
+
+  Task<void> close() override {
+    close_now();
+    co_return;
+  }
+
+  std::string describe() const override { return ep_.redacted; }
+
+ private:
+  QueueError error(const std::string& why) const { return QueueError("redis queue " + ep_.redacted + ": " + why); }
+
+  void close_now() {
+    conn_.close();
+    for (auto& c : idle_waiters_) c->close();
+    idle_waiters_.clear();
+  }
+
+  Task<RespValue> exec(std::vector<std::string> args) {
+    auto r = co_await conn_.exec(std::move(args));
+    if (r.is_error()) throw error(r.str);
+    co_return r;
+  }
+
+  /// EVALSHA; on NOSCRIPT (server restarted or SCRIPT FLUSH) loads the script again and
+  /// retries once.
+  Task<RespValue> eval(Script s, std::vector<std::string> argv) {
+    const auto idx = static_cast<std::size_t>(s);
+    std::vector<std::string> args;
+    args.reserve(4 + script_keys_.size() + argv.size());
+    args.push_back("EVALSHA");
+    args.push_back(shas_[idx]);
+    args.push_back(std::to_string(script_keys_.size()));
+    args.insert(args.end(), script_keys_.begin(), script_keys_.end());
+    args.push_back(keys_.job_prefix);
+    for (auto& a : argv) args.push_back(std::move(a));
+    auto r = co_await conn_.exec(args);
+    if (r.is_error() && r.str.rfind("NOSCRIPT", 0) == 0) {
+      std::vector<std::string> args13{"SCRIPT", "LOAD", redis::script_text(s)};
+      auto loaded = co_await exec(std::move(args13));
+      shas_[idx] = loaded.str;
+      ++script_reloads_;
+      args[1] = shas_[idx];
+      r = co_await conn_.exec(std::move(args));
+    }
+    if (r.is_error()) throw error("script " + std::string(redis::script_name(s)) + ": " + r.str);
+    co_return r;
+  }
+
+  Task<Settle> settle(const Lease& lease, const char* op, std::vector<std::string> extra) {
+    std::vector<std::string> argv{num(unix_now()), op, lease.job_id, lease.token};
+    for (auto& e : extra) argv.push_back(std::move(e));
+    auto r = co_await eval(Script::settle, std::move(argv));
+    co_return r.as_int() == 1 ? Settle::ok : Settle::stale;
+  }
+
+  /// Blocks in BLPOP on the wake-up list for up to `seconds`, on a connection of its own
+  /// (a blocked connection cannot carry other requests). Enqueue, retry and requeue push
+  /// tokens to the list, so a job arriving wakes a waiter at once. A cancelled wait closes
+  /// its connection (the server ends the BLPOP). Returns whether a token arrived.
+  Task<bool> wait_for_wake(double seconds) {
+    std::unique_ptr<Connection> c;
+    if (!idle_waiters_.empty()) {
+      c = std::move(idle_waiters_.back());
+      idle_waiters_.pop_back();
+    } else {
+      c = std::make_unique<Connection>(ex_, ep_, "penguiflow:" + config_.namespace_ + ":wake");
+    }
+    char tbuf[32];
+    std::snprintf(tbuf, sizeof tbuf, "%.3f", std::max(seconds, 0.001));
+    std::string timeout(tbuf);
+    bool woken = false;
+    try {
+      std::vector<std::string> blpop{"BLPOP", keys_.wake, timeout};
+      auto r = co_await c->exec(std::move(blpop));
+      if (r.is_error()) throw error(r.str);
+      woken = !r.is_nil();
+    } catch (...) {
+      c->close();
+      throw;
+    }
+    if (idle_waiters_.size() < 8) idle_waiters_.push_back(std::move(c));
+    co_return woken;
+  }
+
+  boost::asio::any_io_executor ex_;
+  redis::Endpoint ep_;
+  QueueConfig config_;
+  redis::QueueKeys keys_;
+  std::vector<std::string> script_keys_;
+  Connection conn_;
+  std::array<std::string, redis::kScriptCount> shas_;
+  std::vector<std::unique_ptr<Connection>> idle_waiters_;
+  std::uint64_t script_reloads_ = 0;
+};
+
+}  // namespace
+
+Task<std::unique_ptr<JobQueue>> open_redis_queue(boost::asio::any_io_executor ex, std::string url,
+                                                 QueueConfig config) {
+  auto ep = redis::parse_redis_url(url);
+  const auto& ns = config.namespace_;
+  if (ns.empty() || ns.find_first_of("{}") != std::string::npos)
+    throw QueueError("redis queue " + ep.redacted + ": invalid namespace '" + ns +
+                     "' (must be non-empty, without '{' or '}')");
+  auto q = std::make_unique<RedisQueue>(ex, ep, std::move(config));
+  co_await q->open();
+  co_return q;
+}
+
+}  // namespace penguiflow::queue

@@ -1,0 +1,347 @@
+#include "scripts.hpp"
+
+namespace penguiflow::queue::redis {
+
+QueueKeys::QueueKeys(const std::string& ns) {
+  const std::string p = "{" + ns + "}:";
+  ready = p + "ready";
+  scheduled = p + "scheduled";
+  leased = p + "leased";
+  done = p + "done";
+  dead = p + "dead";
+  idem = p + "idem";
+  counts = p + "counts";
+  wake = p + "wake";
+  seq = p + "seq";
+  effects = p + "effects";
+  job_prefix = p + "job:";
+}
+
+std::vector<std::string> QueueKeys::script_keys() const {
+  return {ready, scheduled, leased, done, dead, idem, counts, wake, seq};
+}
+
+namespace {
+
+// Shared by every script. Job hash fields: doc (the JSON document, never rewritten),
+// state, tenant, priority, run_at, seq, attempts, created_at, updated_at, idem, reason,
+// details, result, latency_s, lease_owner, lease_token, lease_expires_at.
+const char* const kPrelude = R"LUA(
+local K_READY, K_SCHED, K_LEASED, K_DONE, K_DEAD, K_IDEM, K_COUNT, K_WAKE, K_SEQ =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local PREFIX = ARGV[1]
+local NOW_S = ARGV[2]
+local function jk(id) return PREFIX .. id end
+local function count(tenant, state, d)
+  redis.call('HINCRBY', K_COUNT, (tenant or '') .. '\n' .. state, d)
+end
+local function move(tenant, from, to)
+  if from then count(tenant, from, -1) end
+  if to then count(tenant, to, 1) end
+end
+-- Q4 order: score = -priority (higher first); equal scores sort by member bytes:
+-- run_at in ms (15 digits), then the enqueue sequence (16 digits) = FIFO.
+local function ready_member(id, run_at, seq)
+  local ms = math.floor((tonumber(run_at) or 0) * 1000)
+  if ms < 0 then ms = 0 end
+  return string.format('%015d:%016d:', ms, tonumber(seq) or 0) .. id
+end
+local function ready_add(id, priority, run_at, seq)
+  redis.call('ZADD', K_READY, -(tonumber(priority) or 0), ready_member(id, run_at, seq))
+end
+local function ready_rem(id, run_at, seq)
+  redis.call('ZREM', K_READY, ready_member(id, run_at, seq))
+end
+-- Wake-up tokens for idle fetchers blocked in BLPOP on K_WAKE (at most 16 kept).
+local function wake(n)
+  if n > 0 then
+    if n > 16 then n = 16 end
+    local t = {}
+    for i = 1, n do t[i] = '1' end
+    redis.call('LPUSH', K_WAKE, unpack(t))
+    redis.call('LTRIM', K_WAKE, 0, 15)
+  end
+end
+)LUA";
+
+// ARGV: prefix, now, n, then n x (id, doc, tenant, priority, run_at, idempotency_key,
+// delayed '1'/'0'). Returns {id1, created1, id2, created2, ...}.
+const char* const kEnqueue = R"LUA(
+local n = tonumber(ARGV[3])
+local out = {}
+local ready = 0
+local delayed_n = 0
+for i = 0, n - 1 do
+  local b = 4 + i * 7
+  local id, doc, tenant, prio, run_at, idem, delayed =
+    ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6]
+  local existing = nil
+  if idem ~= '' then
+    local eid = redis.call('HGET', K_IDEM, idem)
+    if eid and redis.call('EXISTS', jk(eid)) == 1 then existing = eid end
+  end
+  if existing then
+    out[#out + 1] = existing
+    out[#out + 1] = 0
+  else
+    local seq = redis.call('INCR', K_SEQ)
+    redis.call('HSET', jk(id), 'doc', doc, 'state', 'queued', 'tenant', tenant, 'priority', prio,
+      'run_at', run_at, 'seq', seq, 'attempts', 0, 'created_at', NOW_S, 'updated_at', NOW_S, 'idem', idem)
+    if idem ~= '' then redis.call('HSET', K_IDEM, idem, id) end
+    if delayed == '1' then
+      redis.call('ZADD', K_SCHED, run_at, id)
+      delayed_n = delayed_n + 1
+    else
+      ready_add(id, prio, run_at, seq)
+      ready = ready + 1
+    end
+    count(tenant, 'queued', 1)
+    out[#out + 1] = id
+    out[#out + 1] = 1
+  end
+end
+-- A delayed job also wakes one waiter, so it re-reads the next due time.
+if ready == 0 and delayed_n > 0 then ready = 1 end
+wake(ready)
+return out
+)LUA";
+
+// ARGV: prefix, now, max, owner, lease_expires_at, token_prefix.
+// Returns {next_due ('' when none), {job1 fields..., job2 fields...}}; each job is its
+// HGETALL plus 'id', <id>.
+const char* const kFetch = R"LUA(
+local now = tonumber(NOW_S)
+-- Q1: expired leases become fetchable again (attempts kept).
+local expired = redis.call('ZRANGEBYSCORE', K_LEASED, '-inf', NOW_S, 'LIMIT', 0, 1000)
+for _, id in ipairs(expired) do
+  redis.call('ZREM', K_LEASED, id)
+  local k = jk(id)
+  local h = redis.call('HMGET', k, 'state', 'tenant', 'priority', 'run_at', 'seq')
+  if h[1] == 'running' then
+    redis.call('HSET', k, 'state', 'queued', 'updated_at', NOW_S)
+    redis.call('HDEL', k, 'lease_owner', 'lease_token', 'lease_expires_at')
+    ready_add(id, h[3], h[4], h[5])
+    move(h[2], 'running', 'queued')
+  end
+end
+-- Q4: delayed jobs that are due join the ready set. Entries written by an outside
+-- producer (only a `doc` field, docs/wire-format.md) are adopted here.
+local due = redis.call('ZRANGEBYSCORE', K_SCHED, '-inf', NOW_S, 'WITHSCORES', 'LIMIT', 0, 1000)
+for i = 1, #due, 2 do
+  local id, score = due[i], due[i + 1]
+  redis.call('ZREM', K_SCHED, id)
+  local k = jk(id)
+  local h = redis.call('HMGET', k, 'state', 'priority', 'run_at', 'seq', 'doc')
+  if h[1] == 'queued' then
+    ready_add(id, h[2], h[3], h[4])
+  elseif not h[1] then
+    local tenant, prio, attempts, idem = '', 0, 0, ''
+    local run_at = score
+    if tonumber(score) <= 0 then run_at = NOW_S end
+    if h[5] then
+      local ok, d = pcall(cjson.decode, h[5])
+      if ok and type(d) == 'table' then
+        if type(d.tenant) == 'string' then tenant = d.tenant end
+        if type(d.priority) == 'number' then prio = math.max(-1e9, math.min(1e9, math.floor(d.priority))) end
+        if type(d.attempts) == 'number' then attempts = math.max(0, math.floor(d.attempts)) end
+        if type(d.idempotency_key) == 'string' then idem = d.idempotency_key end
+        if type(d.run_at) == 'number' then run_at = string.format('%.17g', d.run_at) end
+      end
+    end
+    local seq = redis.call('INCR', K_SEQ)
+    redis.call('HSET', k, 'state', 'queued', 'tenant', tenant, 'priority', prio, 'run_at', run_at, 'seq', seq,
+      'attempts', attempts, 'created_at', NOW_S, 'updated_at', NOW_S, 'idem', idem)
+    if idem ~= '' then redis.call('HSETNX', K_IDEM, idem, id) end
+    count(tenant, 'queued', 1)
+    ready_add(id, prio, run_at, seq)
+  end
+end
+-- Q6: take up to max jobs in Q4 order.
+local taken = redis.call('ZPOPMIN', K_READY, tonumber(ARGV[3]))
+local jobs = {}
+for i = 1, #taken, 2 do
+  local id = string.sub(taken[i], 34)
+  local k = jk(id)
+  local h = redis.call('HMGET', k, 'state', 'tenant', 'attempts')
+  if h[1] == 'queued' then
+    local token = ARGV[6] .. ':' .. #jobs
+    redis.call('HSET', k, 'state', 'running', 'attempts', (tonumber(h[3]) or 0) + 1, 'lease_owner', ARGV[4],
+      'lease_token', token, 'lease_expires_at', ARGV[5], 'updated_at', NOW_S)
+    redis.call('ZADD', K_LEASED, ARGV[5], id)
+    move(h[2], 'queued', 'running')
+    local f = redis.call('HGETALL', k)
+    f[#f + 1] = 'id'
+    f[#f + 1] = id
+    jobs[#jobs + 1] = f
+  end
+end
+-- Nothing left to signal: drop stale wake-up tokens.
+if redis.call('ZCARD', K_READY) == 0 then redis.call('DEL', K_WAKE) end
+local next_due = ''
+local s = redis.call('ZRANGE', K_SCHED, 0, 0, 'WITHSCORES')
+if s[2] then next_due = s[2] end
+local l = redis.call('ZRANGE', K_LEASED, 0, 0, 'WITHSCORES')
+if l[2] and (next_due == '' or tonumber(l[2]) < tonumber(next_due)) then next_due = l[2] end
+return {next_due, jobs}
+)LUA";
+
+// ARGV: prefix, now, op, id, token, op args. Fenced by the lease token (Q3): returns 1, or
+// 0 when the job is not running under that token (stale).
+//   complete: result_json, latency_s     retry: run_at, reason, delayed '1'/'0'
+//   fail: reason, details_json           heartbeat: lease_expires_at
+const char* const kSettle = R"LUA(
+local op, id, token = ARGV[3], ARGV[4], ARGV[5]
+local k = jk(id)
+local h = redis.call('HMGET', k, 'state', 'lease_token', 'tenant', 'priority', 'run_at', 'seq')
+if h[1] ~= 'running' or h[2] ~= token then return 0 end
+local tenant = h[3]
+if op == 'heartbeat' then
+  redis.call('HSET', k, 'lease_expires_at', ARGV[6], 'updated_at', NOW_S)
+  redis.call('ZADD', K_LEASED, ARGV[6], id)
+  return 1
+end
+if op ~= 'complete' and op ~= 'retry' and op ~= 'fail' then return redis.error_reply('ERR unknown settle op ' .. op) end
+redis.call('ZREM', K_LEASED, id)
+redis.call('HDEL', k, 'lease_owner', 'lease_token', 'lease_expires_at')
+if op == 'complete' then
+  redis.call('HSET', k, 'state', 'succeeded', 'result', ARGV[6], 'latency_s', ARGV[7], 'updated_at', NOW_S)
+  redis.call('ZADD', K_DONE, NOW_S, id)
+  move(tenant, 'running', 'succeeded')
+elseif op == 'retry' then
+  redis.call('HSET', k, 'state', 'queued', 'run_at', ARGV[6], 'reason', ARGV[7], 'updated_at', NOW_S)
+  if ARGV[8] == '1' then
+    redis.call('ZADD', K_SCHED, ARGV[6], id)
+  else
+    ready_add(id, h[4], ARGV[6], h[6])
+  end
+  wake(1)
+  move(tenant, 'running', 'queued')
+else
+  redis.call('HSET', k, 'state', 'dead', 'reason', ARGV[6], 'details', ARGV[7], 'updated_at', NOW_S)
+  redis.call('ZADD', K_DEAD, NOW_S, id)
+  move(tenant, 'running', 'dead')
+end
+return 1
+)LUA";
+
+// ARGV: prefix, now, op, op args.
+//   counts:                          -> {#ready, #scheduled, #leased, #done, #dead, HGETALL counts}
+//   cancel: id, tenant_given, tenant -> 1 | 0
+//   requeue: tenant_given, tenant, ids... (none: every dead job) -> n
+//   purge: cutoff                    -> n
+//   list: state ('' any), tenant_given, tenant, limit -> {job fields..., ...}
+const char* const kAdmin = R"LUA(
+local op = ARGV[3]
+if op == 'counts' then
+  return {redis.call('ZCARD', K_READY), redis.call('ZCARD', K_SCHED), redis.call('ZCARD', K_LEASED),
+          redis.call('ZCARD', K_DONE), redis.call('ZCARD', K_DEAD), redis.call('HGETALL', K_COUNT)}
+elseif op == 'cancel' then
+  local id = ARGV[4]
+  local k = jk(id)
+  local h = redis.call('HMGET', k, 'state', 'tenant', 'run_at', 'seq')
+  if not h[1] then return 0 end
+  if ARGV[5] == '1' and h[2] ~= ARGV[6] then return 0 end
+  if h[1] == 'queued' then
+    ready_rem(id, h[3], h[4])
+    redis.call('ZREM', K_SCHED, id)
+  elseif h[1] == 'running' then
+    redis.call('ZREM', K_LEASED, id)
+    redis.call('HDEL', k, 'lease_owner', 'lease_token', 'lease_expires_at')
+  else
+    return 0
+  end
+  redis.call('HSET', k, 'state', 'dead', 'reason', 'cancelled', 'updated_at', NOW_S)
+  redis.call('ZADD', K_DEAD, NOW_S, id)
+  move(h[2], h[1], 'dead')
+  return 1
+elseif op == 'requeue' then
+  local ids = {}
+  if #ARGV >= 6 then
+    for i = 6, #ARGV do ids[#ids + 1] = ARGV[i] end
+  else
+    ids = redis.call('ZRANGE', K_DEAD, 0, -1)
+  end
+  local n = 0
+  for _, id in ipairs(ids) do
+    local k = jk(id)
+    local h = redis.call('HMGET', k, 'state', 'tenant', 'priority', 'seq')
+    if h[1] == 'dead' and (ARGV[4] ~= '1' or h[2] == ARGV[5]) then
+      redis.call('ZREM', K_DEAD, id)
+      redis.call('HSET', k, 'state', 'queued', 'attempts', 0, 'run_at', NOW_S, 'updated_at', NOW_S)
+      ready_add(id, h[3], NOW_S, h[4])
+      move(h[2], 'dead', 'queued')
+      n = n + 1
+    end
+  end
+  wake(n)
+  return n
+elseif op == 'purge' then
+  local n = 0
+  for _, pair in ipairs({{K_DONE, 'succeeded'}, {K_DEAD, 'dead'}}) do
+    local ids = redis.call('ZRANGEBYSCORE', pair[1], '-inf', ARGV[4])
+    for _, id in ipairs(ids) do
+      local k = jk(id)
+      local h = redis.call('HMGET', k, 'state', 'tenant', 'idem')
+      if h[1] == pair[2] then
+        if h[3] and h[3] ~= '' and redis.call('HGET', K_IDEM, h[3]) == id then redis.call('HDEL', K_IDEM, h[3]) end
+        redis.call('DEL', k)
+        count(h[2], h[1], -1)
+        n = n + 1
+      end
+      redis.call('ZREM', pair[1], id)
+    end
+  end
+  return n
+elseif op == 'list' then
+  local want, tg, tenant, limit = ARGV[4], ARGV[5] == '1', ARGV[6], tonumber(ARGV[7])
+  local sources = {{K_READY, 'queued', true}, {K_SCHED, 'queued', false}, {K_LEASED, 'running', false},
+                   {K_DONE, 'succeeded', false}, {K_DEAD, 'dead', false}}
+  local out = {}
+  for _, s in ipairs(sources) do
+    if want == '' or want == s[2] then
+      local start = 0
+      while #out < limit do
+        local ms = redis.call('ZRANGE', s[1], start, start + 199)
+        if #ms == 0 then break end
+        for _, m in ipairs(ms) do
+          local id = m
+          if s[3] then id = string.sub(m, 34) end
+          local k = jk(id)
+          local h = redis.call('HMGET', k, 'state', 'tenant')
+          if h[1] == s[2] and ((not tg) or h[2] == tenant) then
+            local f = redis.call('HGETALL', k)
+            f[#f + 1] = 'id'
+            f[#f + 1] = id
+            out[#out + 1] = f
+            if #out >= limit then break end
+          end
+        end
+        start = start + 200
+      end
+    end
+  end
+  return out
+end
+return redis.error_reply('ERR unknown admin op ' .. tostring(op))
+)LUA";
+
+}  // namespace
+
+const std::string& script_text(Script s) {
+  static const std::array<std::string, kScriptCount> texts = {
+      std::string(kPrelude) + kEnqueue, std::string(kPrelude) + kFetch, std::string(kPrelude) + kSettle,
+      std::string(kPrelude) + kAdmin};
+  return texts[static_cast<std::size_t>(s)];
+}
+
+std::string_view script_name(Script s) {
+  switch (s) {
+    case Script::enqueue: return "enqueue";
+    case Script::fetch: return "fetch";
+    case Script::settle: return "settle";
+    case Script::admin: return "admin";
+  }
+  return "?";
+}
+
+}  // namespace penguiflow::queue::redis

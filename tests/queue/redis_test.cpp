@@ -1,0 +1,583 @@
+// redis:// backend against a real server (PENGUIFLOW_TEST_REDIS_URL): the shared
+// conformance suite, plus what only Redis has — NOSCRIPT reload, hash-tagged keys,
+// redis-cli interop (Q10), connection errors, WRONGPASS and idle cost on a private
+// redis-server this test starts itself, reconnect after CLIENT KILL, pipelining.
+#include "queue/conformance.hpp"
+#include "support/async_test.hpp"
+
+#include <penguiflow/backends/redis.hpp>
+
+#include "connection.hpp"
+#include "scripts.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/json.hpp>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <set>
+#include <sstream>
+#include <thread>
+
+extern char** environ;
+
+namespace penguiflow::queue::testing {
+namespace {
+
+namespace asio = boost::asio;
+namespace json = boost::json;
+using namespace std::chrono_literals;
+using redis::Connection;
+using redis::parse_redis_url;
+using redis::RespValue;
+
+const char* redis_url() {
+  const char* u = std::getenv("PENGUIFLOW_TEST_REDIS_URL");
+  return (u && *u) ? u : nullptr;
+}
+
+constexpr const char* kNoServer =
+    "PENGUIFLOW_TEST_REDIS_URL is not set (scripts/test-servers.sh starts a Redis and sets it)";
+
+// What an outside producer does (docs/wire-format.md#redis): the document in the job
+// hash's `doc` field, the id in the scheduled set scored by run_at (0 = now), and a
+// wake-up token for idle workers.
+Task<void> write_raw_job(asio::any_io_executor ex, const std::string& url, const QueueConfig& cfg, std::string id,
+                         std::string raw) {
+  redis::QueueKeys keys(cfg.namespace_);
+  std::string score = "0";
+  boost::system::error_code ec;
+  auto v = json::parse(raw, ec);
+  if (!ec && v.is_object())
+    if (auto* r = v.as_object().if_contains("run_at"); r && r->is_number()) score = json::serialize(*r);
+  Connection c(ex, parse_redis_url(url));
+  std::vector<std::vector<std::string>> cmds{{"HSET", keys.job(id), "doc", raw},
+                                             {"ZADD", keys.scheduled, score, id},
+                                             {"LPUSH", keys.wake, "1"}};
+  auto replies = co_await c.exec_many(std::move(cmds));
+  for (auto& r : replies)
+    if (r.is_error()) throw std::runtime_error("write_raw: " + r.str);
+  c.close();
+}
+
+QueueFactory make_redis_factory() {
+  QueueFactory f;
+  f.name = "redis";
+  if (!redis_url()) {
+    f.available = false;
+    f.skip_reason = kNoServer;
+  }
+  f.open = [](asio::any_io_executor ex, QueueConfig cfg) -> Task<std::unique_ptr<JobQueue>> {
+    co_return co_await open_redis_queue(ex, redis_url(), std::move(cfg));
+  };
+  f.write_raw = [](asio::any_io_executor ex, const QueueConfig& cfg, std::string id, std::string raw) -> Task<void> {
+    co_await write_raw_job(ex, redis_url(), cfg, std::move(id), std::move(raw));
+  };
+  return f;
+}
+
+}  // namespace
+
+INSTANTIATE_TEST_SUITE_P(Redis, QueueConformance, ::testing::Values(make_redis_factory()),
+                         [](auto& i) { return i.param.name; });
+
+namespace {
+
+// ---- helpers ---------------------------------------------------------------------------
+
+struct ProcessResult {
+  int status = -1;
+  std::string out;
+};
+
+/// Runs a program (no shell) and returns its exit status and standard output.
+ProcessResult run_process(const std::vector<std::string>& argv) {
+  int fds[2];
+  if (pipe(fds) != 0) throw std::runtime_error("pipe failed");
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
+  posix_spawn_file_actions_addclose(&fa, fds[0]);
+  std::vector<char*> args;
+  for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  pid_t pid = 0;
+  int rc = posix_spawnp(&pid, args[0], &fa, nullptr, args.data(), environ);
+  posix_spawn_file_actions_destroy(&fa);
+  close(fds[1]);
+  ProcessResult r;
+  if (rc != 0) {
+    close(fds[0]);
+    throw std::runtime_error("cannot start " + argv[0]);
+  }
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fds[0], buf, sizeof buf)) > 0) r.out.append(buf, static_cast<size_t>(n));
+  close(fds[0]);
+  waitpid(pid, &r.status, 0);
+  return r;
+}
+
+bool have_program(const std::string& name) {
+  for (const char* dir : {"/usr/bin/", "/usr/local/bin/", "/bin/"})
+    if (std::filesystem::exists(std::string(dir) + name)) return true;
+  return false;
+}
+
+int free_port() {
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
+  int port = ntohs(a.sin_port);
+  close(s);
+  return port;
+}
+
+bool port_accepts(int port) {
+  int s = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  bool ok = connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+  close(s);
+  return ok;
+}
+
+/// A redis-server of this test's own, in a temporary directory on a free loopback port;
+/// stopped (by its pid) and removed on destruction.
+class PrivateRedis {
+ public:
+  explicit PrivateRedis(std::vector<std::string> extra = {}) {
+    char tmpl[] = "/tmp/pf-redis-test-XXXXXX";
+    if (!mkdtemp(tmpl)) throw std::runtime_error("mkdtemp failed");
+    dir_ = tmpl;
+    port_ = free_port();
+    std::vector<std::string> argv{"redis-server", "--port", std::to_string(port_), "--bind", "127.0.0.1",
+                                  "--dir", dir_, "--save", "", "--appendonly", "no", "--logfile",
+                                  dir_ + "/redis.log"};
+    for (auto& e : extra) argv.push_back(e);
+    std::vector<char*> args;
+    for (auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    if (posix_spawnp(&pid_, "redis-server", nullptr, nullptr, args.data(), environ) != 0)
+      throw std::runtime_error("cannot start redis-server");
+    // Wait (bounded) until it accepts connections.
+    auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (!port_accepts(port_)) {
+      if (std::chrono::steady_clock::now() > deadline) throw std::runtime_error("private redis-server did not start");
+      std::this_thread::sleep_for(20ms);
+    }
+  }
+  ~PrivateRedis() {
+    if (pid_ > 0) {
+      kill(pid_, SIGTERM);
+      int st = 0;
+      waitpid(pid_, &st, 0);
+    }
+    std::error_code ec;
+    std::filesystem::remove_all(dir_, ec);
+  }
+  int port() const { return port_; }
+  std::string url(const std::string& password = {}) const {
+    return "redis://" + (password.empty() ? std::string() : ":" + password + "@") + "127.0.0.1:" +
+           std::to_string(port_) + "/0";
+  }
+
+ private:
+  std::string dir_;
+  int port_ = 0;
+  pid_t pid_ = -1;
+};
+
+std::string unique_ns() { return unique_namespace(); }
+
+QueueConfig config_for(std::string ns) {
+  QueueConfig c;
+  c.namespace_ = std::move(ns);
+  return c;
+}
+
+NewJob a_job(std::string tenant = "acme") {
+  NewJob j;
+  j.flow = "quickstart";
+  j.tenant = std::move(tenant);
+  j.payload = json::object{{"n", 1}};
+  return j;
+}
+
+FetchRequest req(int n = 1, std::chrono::milliseconds wait = 2s) {
+  FetchRequest r;
+  r.max_jobs = n;
+  r.wait = wait;
+  r.owner = "redis-test";
+  return r;
+}
+
+Task<RespValue> raw(Connection& c, std::vector<std::string> args) {
+  auto r = co_await c.exec(std::move(args));
+  if (r.is_error()) throw std::runtime_error("redis: " + r.str);
+  co_return r;
+}
+
+std::int64_t info_field(const std::string& info, const std::string& name) {
+  auto pos = info.find(name + ":");
+  if (pos == std::string::npos) return -1;
+  return std::stoll(info.substr(pos + name.size() + 1));
+}
+
+/// `calls=` of one command in INFO commandstats (0 when never called).
+std::int64_t command_calls(const std::string& stats, const std::string& cmd) {
+  auto key = "cmdstat_" + cmd + ":calls=";
+  auto pos = stats.find(key);
+  return pos == std::string::npos ? 0 : std::stoll(stats.substr(pos + key.size()));
+}
+
+/// Finds the id of the client named `name` in CLIENT LIST.
+std::string client_id(const std::string& list, const std::string& name) {
+  std::istringstream in(list);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.find(" name=" + name + " ") == std::string::npos) continue;
+    auto p = line.find("id=");
+    return line.substr(p + 3, line.find(' ', p) - p - 3);
+  }
+  return {};
+}
+
+class RedisQueueTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!redis_url()) GTEST_SKIP() << kNoServer;
+    url_ = redis_url();
+  }
+  std::string url_;
+};
+
+// ---- tests -----------------------------------------------------------------------------
+
+TEST_F(RedisQueueTest, ScriptsAreReloadedAfterNoscript) {
+  penguiflow::testing::run_async([&]() -> Task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    auto q = co_await open_redis_queue(ex, url_, config_for(unique_ns()));
+    Connection admin(ex, parse_redis_url(url_));
+    std::vector<std::string> cmd1{"SCRIPT", "FLUSH"};
+    co_await raw(admin, std::move(cmd1));
+    auto r = co_await q->enqueue(a_job());  // EVALSHA -> NOSCRIPT -> SCRIPT LOAD -> EVALSHA
+    std::vector<std::string> cmd2{"SCRIPT", "FLUSH"};
+    co_await raw(admin, std::move(cmd2));
+    auto got = co_await q->fetch(req());
+    EXPECT_EQ(got.size(), 1u);
+    if (!got.empty()) {
+      EXPECT_EQ(got[0].job.id, r.id);
+      std::vector<std::string> cmd3{"SCRIPT", "FLUSH"};
+      co_await raw(admin, std::move(cmd3));
+      EXPECT_EQ(co_await q->complete(got[0].lease, nullptr, 0.1), Settle::ok);
+    }
+    admin.close();
+    co_await q->close();
+  }());
+}
+
+TEST_F(RedisQueueTest, EveryKeyOfAQueueSharesItsHashTag) {
+  penguiflow::testing::run_async([&]() -> Task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    const std::string ns = unique_ns();
+    auto q = co_await open_redis_queue(ex, url_, config_for(ns));
+    NewJob keyed = a_job();
+    keyed.idempotency_key = "k1";
+    co_await q->enqueue(keyed);
+    NewJob later = a_job();
+    later.delay_s = 60;
+    co_await q->enqueue(later);
+    co_await q->enqueue(a_job());
+    auto got = co_await q->fetch(req(2));
+    EXPECT_EQ(got.size(), 2u);
+    if (got.size() == 2) {
+      co_await q->complete(got[0].lease, nullptr, 0.0);
+      co_await q->fail(got[1].lease, "x", nullptr);
+    }
+    co_await q->record_effect("e", json::value(1));
+    Connection admin(ex, parse_redis_url(url_));
+    std::set<std::string> keys;
+    std::string cursor = "0";
+    do {
+      std::vector<std::string> cmd4{"SCAN", cursor, "MATCH", "*" + ns + "*", "COUNT", "1000"};
+      auto r = co_await raw(admin, std::move(cmd4));
+      cursor = r.elements[0].str;
+      for (auto& k : r.elements[1].elements) keys.insert(k.str);
+    } while (cursor != "0");
+    EXPECT_GE(keys.size(), 9u);  // 3 jobs, ready/scheduled/done/dead/idem/counts/seq/effects...
+    for (auto& k : keys) EXPECT_EQ(k.rfind("{" + ns + "}:", 0), 0u) << k;
+    admin.close();
+    co_await q->close();
+  }());
+}
+
+TEST_F(RedisQueueTest, JobEnqueuedWithRedisCliIsFetchedAndCompleted) {
+  if (!have_program("redis-cli")) GTEST_SKIP() << "redis-cli is not installed";
+  auto ep = parse_redis_url(url_);
+  const std::string ns = unique_ns();
+  std::vector<std::string> cli{"redis-cli", "-h", ep.host, "-p", std::to_string(ep.port), "-n", std::to_string(ep.db)};
+  auto with = [&](std::vector<std::string> more) {
+    auto a = cli;
+    a.insert(a.end(), more.begin(), more.end());
+    return a;
+  };
+  // Exactly the commands of docs/wire-format.md#redis.
+  const std::string key = "{" + ns + "}:job:cli-1";
+  auto r1 = run_process(with({"HSET", key, "doc",
+                              R"({"flow":"quickstart","tenant":"acme","payload":{"from":"redis-cli"},"priority":2})"}));
+  ASSERT_EQ(r1.status, 0) << r1.out;
+  auto r2 = run_process(with({"ZADD", "{" + ns + "}:scheduled", "0", "cli-1"}));
+  ASSERT_EQ(r2.status, 0) << r2.out;
+  auto r3 = run_process(with({"LPUSH", "{" + ns + "}:wake", "1"}));
+  ASSERT_EQ(r3.status, 0) << r3.out;
+
+  penguiflow::testing::run_async([&]() -> Task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    auto q = co_await open_redis_queue(ex, url_, config_for(ns));
+    auto got = co_await q->fetch(req());
+    EXPECT_EQ(got.size(), 1u);
+    if (!got.empty()) {
+      EXPECT_EQ(got[0].job.id, "cli-1");
+      EXPECT_EQ(got[0].job.tenant, "acme");
+      EXPECT_EQ(got[0].job.priority, 2);
+      EXPECT_EQ(got[0].job.payload, json::value(json::object{{"from", "redis-cli"}}));
+      EXPECT_EQ(co_await q->complete(got[0].lease, json::value("done"), 0.01), Settle::ok);
+    }
+    auto c = co_await q->counts();
+    EXPECT_EQ(c.by_tenant["acme"]["succeeded"], 1);
+    co_await q->close();
+  }());
+  auto state = run_process(with({"HGET", key, "state"}));
+  EXPECT_EQ(state.out, "succeeded\n");
+  auto result = run_process(with({"HGET", key, "result"}));
+  EXPECT_EQ(result.out, "\"done\"\n");
+}
+
+TEST_F(RedisQueueTest, UnreachableServerIsAQueueErrorWithTheRedactedUrl) {
+  const std::string url = "redis://:pw-secret@127.0.0.1:" + std::to_string(free_port()) + "/0";
+  try {
+    penguiflow::testing::run_async([&]() -> Task<void> {
+      auto q = co_await open_redis_queue(co_await asio::this_coro::executor, url, config_for(unique_ns()));
+      co_await q->close();
+    }());
+    FAIL() << "opened an unreachable server";
+  } catch (const QueueError& e) {
+    std::string msg = e.what();
+    EXPECT_EQ(msg.find("pw-secret"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(redact_url(url)), std::string::npos) << msg;
+    EXPECT_NE(msg.find("cannot connect"), std::string::npos) << msg;
+  }
+}
+
+TEST_F(RedisQueueTest, BadUrlAndBadNamespaceAreQueueErrors) {
+  for (std::string url : {std::string("redis://127.0.0.1:6379/zero"), std::string("postgres://x/y")}) {
+    EXPECT_THROW(penguiflow::testing::run_async([&]() -> Task<void> {
+                   QueueConfig cfg;
+                   auto q = co_await open_redis_queue(co_await asio::this_coro::executor, url, cfg);
+                   co_await q->close();
+                 }()),
+                 QueueError)
+        << url;
+  }
+  EXPECT_THROW(penguiflow::testing::run_async([&]() -> Task<void> {
+                 auto q = co_await open_redis_queue(co_await asio::this_coro::executor, url_, config_for("a}b"));
+                 co_await q->close();
+               }()),
+               QueueError);
+}
+
+TEST_F(RedisQueueTest, WrongPasswordIsAQueueErrorAndRightPasswordWorks) {
+  if (!have_program("redis-server")) GTEST_SKIP() << "redis-server is not installed";
+  PrivateRedis server({"--requirepass", "right-pw"});
+  auto open_with = [&](std::string url) {
+    penguiflow::testing::run_async([&]() -> Task<void> {
+      auto q = co_await open_redis_queue(co_await asio::this_coro::executor, url, config_for(unique_ns()));
+      co_await q->enqueue(a_job());
+      co_await q->close();
+    }());
+  };
+  try {
+    open_with(server.url("wrong-pw"));
+    FAIL() << "wrong password accepted";
+  } catch (const QueueError& e) {
+    std::string msg = e.what();
+    EXPECT_NE(msg.find("WRONGPASS"), std::string::npos) << msg;
+    EXPECT_EQ(msg.find("wrong-pw"), std::string::npos) << msg;
+  }
+  try {
+    open_with(server.url());  // no password at all
+    FAIL() << "no password accepted";
+  } catch (const QueueError& e) {
+    EXPECT_NE(std::string(e.what()).find("NOAUTH"), std::string::npos) << e.what();
+  }
+  EXPECT_NO_THROW(open_with(server.url("right-pw")));
+  ::setenv("REDIS_PASSWORD", "right-pw", 1);
+  EXPECT_NO_THROW(open_with(server.url()));
+  ::unsetenv("REDIS_PASSWORD");
+}
+
+TEST_F(RedisQueueTest, ReconnectsAfterClientKill) {
+  penguiflow::testing::run_async([&]() -> Task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    const std::string ns = unique_ns();
+    auto q = co_await open_redis_queue(ex, url_, config_for(ns));
+    auto r = co_await q->enqueue(a_job());
+    Connection admin(ex, parse_redis_url(url_));
+    std::vector<std::string> cmd5{"CLIENT", "LIST"};
+    auto list = co_await raw(admin, std::move(cmd5));
+    auto id = client_id(list.str, "penguiflow:" + ns);
+    EXPECT_FALSE(id.empty()) << list.str;
+    std::vector<std::string> cmd6{"CLIENT", "KILL", "ID", id};
+    co_await raw(admin, std::move(cmd6));
+    // The next call may still see the dying connection (a QueueError); the one after
+    // reconnects.
+    int failures = 0;
+    std::optional<Job> g;
+    for (int i = 0; i < 3 && !g; ++i) {
+      try {
+        g = co_await q->get(r.id, std::nullopt);
+      } catch (const QueueError&) {
+        ++failures;
+      }
+    }
+    EXPECT_TRUE(g.has_value());
+    EXPECT_LE(failures, 1);
+    std::vector<std::string> cmd7{"CLIENT", "LIST"};
+    auto list2 = co_await raw(admin, std::move(cmd7));
+    auto id2 = client_id(list2.str, "penguiflow:" + ns);
+    EXPECT_FALSE(id2.empty());
+    EXPECT_NE(id2, id);
+    admin.close();
+    co_await q->close();
+  }());
+}
+
+TEST_F(RedisQueueTest, InFlightRequestFailsWithQueueErrorWhenTheConnectionDies) {
+  penguiflow::testing::run_async([&]() -> Task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    const std::string ns = unique_ns();
+    auto q = co_await open_redis_queue(ex, url_, config_for(ns));
+    Connection admin(ex, parse_redis_url(url_));
+    std::exception_ptr fetch_error;
+    bool fetch_done = false;
+    auto t0 = std::chrono::steady_clock::now();
+    asio::co_spawn(ex, q->fetch(req(1, 15s)), [&](std::exception_ptr e, std::vector<LeasedJob>) {
+      fetch_error = e;
+      fetch_done = true;
+    });
+    // Wait (bounded) until the fetch blocks in BLPOP on its wake-up connection, then kill it.
+    std::string id;
+    bool blocked = co_await penguiflow::testing::eventually([&]() -> Task<bool> {
+      std::vector<std::string> cmd8{"CLIENT", "LIST"};
+      auto list = co_await raw(admin, std::move(cmd8));
+      id = client_id(list.str, "penguiflow:" + ns + ":wake");
+      co_return !id.empty() && list.str.find("cmd=blpop") != std::string::npos;
+    });
+    EXPECT_TRUE(blocked);
+    std::vector<std::string> cmd9{"CLIENT", "KILL", "ID", id};
+    co_await raw(admin, std::move(cmd9));
+    EXPECT_TRUE(co_await penguiflow::testing::eventually([&]() -> Task<bool> { co_return fetch_done; }));
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 10s);
+    EXPECT_TRUE(fetch_error);
+    if (fetch_error) {
+      EXPECT_THROW(std::rethrow_exception(fetch_error), QueueError);
+    }
+    // The queue still works: the next wait reconnects.
+    co_await q->enqueue(a_job());
+    EXPECT_EQ((co_await q->fetch(req())).size(), 1u);
+    admin.close();
+    co_await q->close();
+  }());
+}
+
+TEST_F(RedisQueueTest, ConcurrentRequestsArePipelinedOnOneConnection) {
+  penguiflow::testing::run_async([&]() -> Task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    Connection c(ex, parse_redis_url(url_));
+    co_await c.connect();
+    const std::string key = "{" + unique_ns() + "}:counter";
+    constexpr int kN = 500;
+    std::vector<std::int64_t> got(kN, -1);
+    int done = 0;
+    for (int i = 0; i < kN; ++i) {
+      asio::co_spawn(
+          ex,
+          [&, i]() -> Task<void> {
+            std::vector<std::string> cmd10{"INCR", key};
+            auto r = co_await c.exec(std::move(cmd10));
+            got[i] = r.as_int();
+            ++done;
+          },
+          asio::detached);
+    }
+    EXPECT_TRUE(co_await penguiflow::testing::eventually([&]() -> Task<bool> { co_return done == kN; }));
+    // Requests were written in spawn order and replies matched FIFO: coroutine i got i+1.
+    for (int i = 0; i < kN; ++i) EXPECT_EQ(got[i], i + 1);
+    std::vector<std::string> cmd11{"DEL", key};
+    co_await c.exec(std::move(cmd11));
+    c.close();
+  }());
+}
+
+TEST_F(RedisQueueTest, IdleFetchCostsAFewCommandsPerSecond) {
+  if (!have_program("redis-server")) GTEST_SKIP() << "redis-server is not installed";
+  PrivateRedis server;  // nobody else talks to it, so its command counter is ours alone
+  double seconds = 3;
+  if (const char* s = std::getenv("PENGUIFLOW_REDIS_IDLE_SECONDS")) seconds = std::atof(s);
+  penguiflow::testing::run_async(
+      [&]() -> Task<void> {
+        auto ex = co_await asio::this_coro::executor;
+        auto q = co_await open_redis_queue(ex, server.url(), config_for(unique_ns()));
+        Connection admin(ex, parse_redis_url(server.url()));
+        std::vector<std::string> cmd12{"INFO", "stats"};
+        auto before = info_field((co_await raw(admin, std::move(cmd12))).str, "total_commands_processed");
+        auto t0 = std::chrono::steady_clock::now();
+        int calls = 0;
+        while (std::chrono::steady_clock::now() - t0 < std::chrono::duration<double>(seconds)) {
+          auto got = co_await q->fetch(req(10, 1000ms));  // a worker's idle loop
+          EXPECT_TRUE(got.empty());
+          ++calls;
+        }
+        std::vector<std::string> cmd13{"INFO", "stats"};
+        auto after = info_field((co_await raw(admin, std::move(cmd13))).str, "total_commands_processed");
+        auto commands = after - before - 1;  // minus the first INFO
+        std::cout << "[ idle     ] " << commands << " server commands in " << seconds << " s of idle fetch(wait=1s) ("
+                  << calls << " fetch calls)\n";
+        RecordProperty("idle_commands", static_cast<int>(commands));
+        std::vector<std::string> stats_cmd{"INFO", "commandstats"};
+        auto stats = co_await raw(admin, std::move(stats_cmd));
+        // Client-issued commands: one EVALSHA (fetch script) and one BLPOP per idle wait;
+        // the script's own redis.call()s are counted by the server too (7 per call).
+        auto top = command_calls(stats.str, "evalsha") + command_calls(stats.str, "blpop");
+        std::cout << "[ idle     ] client commands (EVALSHA + BLPOP): " << top << "\n";
+        EXPECT_LE(top, static_cast<std::int64_t>(2 * seconds + 4));
+        EXPECT_LE(commands, static_cast<std::int64_t>(10 * seconds + 10));
+        admin.close();
+        co_await q->close();
+      }(),
+      std::chrono::milliseconds(static_cast<int>(seconds * 1000) + 20000));
+}
+
+}  // namespace
+}  // namespace penguiflow::queue::testing
