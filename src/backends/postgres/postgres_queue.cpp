@@ -143,7 +143,7 @@ class PostgresQueue final : public JobQueue {
       o["payload"] = json::serialize(nj.payload);
       o["max_attempts"] = nj.max_attempts;
       o["priority"] = nj.priority;
-      o["delay_s"] = std::max(0.0, nj.delay_s);
+      o["delay_s"] = nj.delay_s;  // negative: run_at in the past (ordering, backfills)
       if (nj.deadline_s) o["deadline_s"] = *nj.deadline_s;
       if (!nj.idempotency_key.empty()) o["idempotency_key"] = nj.idempotency_key;
       arr.push_back(std::move(o));

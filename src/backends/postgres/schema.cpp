@@ -123,7 +123,7 @@ DECLARE new_id text;
 BEGIN
   INSERT INTO @S.jobs AS j (flow, tenant, payload, priority, run_at, max_attempts, idempotency_key, deadline_s)
   VALUES (enqueue.flow, enqueue.tenant, enqueue.payload::text, enqueue.priority,
-          @S.now_s() + greatest(coalesce(enqueue.delay_s, 0), 0), enqueue.max_attempts,
+          @S.now_s() + coalesce(enqueue.delay_s, 0), enqueue.max_attempts,
           nullif(enqueue.idempotency_key, ''), enqueue.deadline_s)
   ON CONFLICT (idempotency_key) DO NOTHING
   RETURNING j.id INTO new_id;
