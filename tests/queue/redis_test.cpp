@@ -10,6 +10,8 @@
 #include "connection.hpp"
 #include "scripts.hpp"
 
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -508,6 +510,66 @@ TEST_F(RedisQueueTest, InFlightRequestFailsWithQueueErrorWhenTheConnectionDies) 
     EXPECT_EQ((co_await q->fetch(req())).size(), 1u);
     admin.close();
     co_await q->close();
+  }());
+}
+
+TEST_F(RedisQueueTest, CancelledWaitingFetchEndsAtOnceAndTheQueueKeepsWorking) {
+  penguiflow::testing::run_async([&]() -> Task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    const std::string ns = unique_ns();
+    auto q = co_await open_redis_queue(ex, url_, config_for(ns));
+    Connection admin(ex, parse_redis_url(url_));
+    asio::cancellation_signal cancel;
+    std::exception_ptr fetch_error;
+    bool fetch_done = false;
+    auto t0 = std::chrono::steady_clock::now();
+    asio::co_spawn(ex, q->fetch(req(1, 15s)),
+                   asio::bind_cancellation_slot(cancel.slot(), [&](std::exception_ptr e, std::vector<LeasedJob>) {
+                     fetch_error = e;
+                     fetch_done = true;
+                   }));
+    bool blocked = co_await penguiflow::testing::eventually([&]() -> Task<bool> {
+      std::vector<std::string> list_cmd{"CLIENT", "LIST"};
+      auto list = co_await raw(admin, std::move(list_cmd));
+      co_return !client_id(list.str, "penguiflow:" + ns + ":wake").empty() &&
+          list.str.find("cmd=blpop") != std::string::npos;
+    });
+    EXPECT_TRUE(blocked);
+    cancel.emit(asio::cancellation_type::terminal);
+    EXPECT_TRUE(co_await penguiflow::testing::eventually([&]() -> Task<bool> { co_return fetch_done; }));
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, 10s);
+    EXPECT_TRUE(fetch_error);
+    co_await q->enqueue(a_job());
+    auto got = co_await q->fetch(req());
+    EXPECT_EQ(got.size(), 1u);
+    admin.close();
+    co_await q->close();
+  }());
+}
+
+TEST_F(RedisQueueTest, CloseEndsAWaitingFetch) {
+  penguiflow::testing::run_async([&]() -> Task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    const std::string ns = unique_ns();
+    auto q = co_await open_redis_queue(ex, url_, config_for(ns));
+    Connection admin(ex, parse_redis_url(url_));
+    std::exception_ptr fetch_error;
+    bool fetch_done = false;
+    asio::co_spawn(ex, q->fetch(req(1, 15s)), [&](std::exception_ptr e, std::vector<LeasedJob>) {
+      fetch_error = e;
+      fetch_done = true;
+    });
+    bool blocked = co_await penguiflow::testing::eventually([&]() -> Task<bool> {
+      std::vector<std::string> list_cmd{"CLIENT", "LIST"};
+      auto list = co_await raw(admin, std::move(list_cmd));
+      co_return !client_id(list.str, "penguiflow:" + ns + ":wake").empty() &&
+          list.str.find("cmd=blpop") != std::string::npos;
+    });
+    EXPECT_TRUE(blocked);
+    co_await q->close();
+    EXPECT_TRUE(co_await penguiflow::testing::eventually([&]() -> Task<bool> { co_return fetch_done; }, 5s));
+    EXPECT_TRUE(fetch_error);
+    admin.close();
   }());
 }
 

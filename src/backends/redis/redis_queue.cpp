@@ -14,6 +14,7 @@
 #include <array>
 #include <charconv>
 #include <limits>
+#include <set>
 #include <unordered_map>
 
 namespace penguiflow::queue {
@@ -318,9 +319,11 @@ class RedisQueue final : public JobQueue {
   QueueError error(const std::string& why) const { return QueueError("redis queue " + ep_.redacted + ": " + why); }
 
   void close_now() {
+    closed_ = true;
     conn_.close();
     for (auto& c : idle_waiters_) c->close();
     idle_waiters_.clear();
+    for (auto* c : busy_waiters_) c->close();  // their fetches fail with QueueError
   }
 
   Task<RespValue> exec(std::vector<std::string> args) {
@@ -377,16 +380,19 @@ class RedisQueue final : public JobQueue {
     std::snprintf(tbuf, sizeof tbuf, "%.3f", std::max(seconds, 0.001));
     std::string timeout(tbuf);
     bool woken = false;
+    busy_waiters_.insert(c.get());
     try {
       std::vector<std::string> blpop{"BLPOP", keys_.wake, timeout};
       auto r = co_await c->exec(std::move(blpop));
       if (r.is_error()) throw error(r.str);
       woken = !r.is_nil();
     } catch (...) {
+      busy_waiters_.erase(c.get());
       c->close();
       throw;
     }
-    if (idle_waiters_.size() < 8) idle_waiters_.push_back(std::move(c));
+    busy_waiters_.erase(c.get());
+    if (!closed_ && idle_waiters_.size() < 8) idle_waiters_.push_back(std::move(c));
     co_return woken;
   }
 
@@ -398,6 +404,8 @@ class RedisQueue final : public JobQueue {
   Connection conn_;
   std::array<std::string, redis::kScriptCount> shas_;
   std::vector<std::unique_ptr<Connection>> idle_waiters_;
+  std::set<Connection*> busy_waiters_;  // owned by the fetch waiting on them
+  bool closed_ = false;
   std::uint64_t script_reloads_ = 0;
 };
 
