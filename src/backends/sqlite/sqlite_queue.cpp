@@ -22,6 +22,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <mutex>
 #include <thread>
 #include <unordered_map>
 
@@ -203,6 +204,14 @@ class WriteTxn {
 constexpr const char* kSqlNow = "((julianday('now') - 2440587.5) * 86400.0)";
 
 // ---- the queue ------------------------------------------------------------------------
+
+/// One settle waiting for the next group commit (database thread).
+struct BatchItem {
+  virtual ~BatchItem() = default;
+  virtual void run(Db& db, const std::string& jobs) = 0;
+  virtual void fail(std::exception_ptr e) = 0;
+  virtual void finish(std::shared_ptr<BatchItem> self) = 0;  // posts the result to the caller
+};
 
 struct ClaimResult {
   std::vector<LeasedJob> jobs;
@@ -509,15 +518,62 @@ class SqliteQueue final : public JobQueue {
     co_return std::move(*r);
   }
 
+  // Settles are group-committed: every settle that reaches the database thread while
+  // another batch runs is applied in the next single BEGIN IMMEDIATE ... COMMIT, so a
+  // worker with many jobs in flight pays one commit per batch, not per job. Each settle
+  // is still atomic (one UPDATE with the lease check) and gets its own result.
   template <class F>
   Task<Settle> settle(const Lease& lease, F f) {
-    auto fn16 = [this, lease, f = std::move(f)](Db& db) mutable {
-      WriteTxn txn(db);
-      bool ok = f(db, jobs_, lease);
-      txn.commit();
-      return ok ? Settle::ok : Settle::stale;
+    auto initiation = [this](auto handler, Lease lease, F fn) {
+      using H = decltype(handler);
+      using W = asio::executor_work_guard<asio::associated_executor_t<H, asio::any_io_executor>>;
+      W work(asio::get_associated_executor(handler, ex_));
+      struct Item final : BatchItem {
+        H handler;
+        W guard;
+        Lease lease;
+        F fn;
+        std::exception_ptr ep;
+        bool ok = false;
+        Item(H h, W w, Lease l, F f) : handler(std::move(h)), guard(std::move(w)), lease(std::move(l)), fn(std::move(f)) {}
+        void run(Db& db, const std::string& jobs) override { ok = fn(db, jobs, lease); }
+        void fail(std::exception_ptr e) override { ep = e; }
+        void finish(std::shared_ptr<BatchItem> self) override {
+          auto caller = guard.get_executor();
+          asio::post(caller, [self = std::move(self), this]() mutable {
+            std::move(handler)(ep, ok ? Settle::ok : Settle::stale);
+          });
+          guard.reset();
+        }
+      };
+      auto item = std::make_shared<Item>(std::move(handler), std::move(work), std::move(lease), std::move(fn));
+      bool first = false;
+      {
+        std::lock_guard lock(batch_mu_);
+        first = batch_.empty();
+        batch_.push_back(std::move(item));
+      }
+      if (first) asio::post(db_ctx_, [this] { drain_settles(); });
     };
-    co_return co_await on_db(std::move(fn16));
+    co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, Settle)>(
+        std::move(initiation), asio::use_awaitable, lease, std::move(f));
+  }
+
+  void drain_settles() {  // database thread
+    std::vector<std::shared_ptr<BatchItem>> items;
+    {
+      std::lock_guard lock(batch_mu_);
+      items.swap(batch_);
+    }
+    if (items.empty()) return;
+    try {
+      WriteTxn txn(db_);
+      for (auto& it : items) it->run(db_, jobs_);
+      txn.commit();
+    } catch (...) {
+      for (auto& it : items) it->fail(std::current_exception());
+    }
+    for (auto& it : items) it->finish(it);
   }
 
   void create_schema(Db& db) {
@@ -715,6 +771,9 @@ class SqliteQueue final : public JobQueue {
   std::string jobs_, effects_, version_;
   detail::WaitSet waiters_;  // caller's executor
   bool closed_ = false;
+
+  std::mutex batch_mu_;
+  std::vector<std::shared_ptr<BatchItem>> batch_;  // settles waiting for the next commit
 
   // Database thread only.
   Db db_;

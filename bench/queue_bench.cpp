@@ -1,0 +1,400 @@
+// queue_bench: the job-queue workloads of ../shared/bench/peers (BullMQ, bee-queue,
+// plainjob, ...) run against any queue URL through open_queue(), so the numbers sit side
+// by side with the peers' on this machine.
+//
+//   queue_bench --queue sqlite:///tmp/qb.db [--jobs 50000] [--concurrency 1,50,200]
+//               [--consumers K] [--runs R] [--latency-jobs 1000] [--peer NAME]
+//
+// Workloads (each in a fresh namespace, so the queue starts empty):
+//   enqueue bulk    N no-op jobs in enqueue_bulk chunks of 1,000
+//   enqueue single  min(N, 10,000) jobs, each enqueue awaited before the next
+//   process c=C     N pre-enqueued no-op jobs, fetched in batches and completed by K
+//                   consumers (separate queue handles) with at most C jobs in flight
+//   latency         1,000 jobs enqueued ~1 ms apart to an idle consumer; enqueue call ->
+//                   fetch returned, p50 / p99 / max. "same handle": producer and consumer
+//                   share one queue object; "separate handle": two objects (like two
+//                   processes: for SQLite the consumer sees the job at its next poll).
+// CPU µs/job is this process's user+sys time (all threads, incl. the SQLite thread) over
+// the jobs of the phase; a server's own CPU (Redis, PostgreSQL) is not included.
+// Output: one JSON line per measurement (the peers' results.jsonl shape), then a Markdown
+// table in the shape of ../shared/bench/peers/summarize.mjs.
+#include <penguiflow/queue/queue.hpp>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/use_future.hpp>
+#include <boost/json.hpp>
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <iostream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace asio = boost::asio;
+namespace json = boost::json;
+using namespace penguiflow::queue;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+struct Options {
+  std::string url;
+  int jobs = 50000;
+  std::vector<int> concurrency{1, 50, 200};
+  int consumers = 1;
+  int runs = 1;
+  int latency_jobs = 1000;
+  std::string peer;
+};
+
+struct Row {
+  std::string peer, metric, variant, unit;
+  std::vector<double> values;
+};
+
+std::vector<Row> g_rows;
+Options g_opt;
+
+void record(const std::string& metric, const std::string& variant, double value, const std::string& unit) {
+  json::object o{{"peer", g_opt.peer}, {"metric", metric}, {"variant", variant}, {"value", value}, {"unit", unit}};
+  std::cout << json::serialize(o) << std::endl;
+  for (auto& r : g_rows)
+    if (r.metric == metric && r.variant == variant) {
+      r.values.push_back(value);
+      return;
+    }
+  g_rows.push_back(Row{g_opt.peer, metric, variant, unit, {value}});
+}
+
+double cpu_seconds() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+}
+
+double secs(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+bool is_memory() { return g_opt.url.rfind("memory:", 0) == 0; }
+
+int g_ns_counter = 0;
+QueueConfig fresh_config() {
+  QueueConfig c;
+  c.namespace_ = "qb_" + std::to_string(::getpid()) + "_" + std::to_string(g_ns_counter++);
+  return c;
+}
+
+NewJob noop_job(int i) {
+  NewJob j;
+  j.flow = "noop";
+  j.tenant = "bench";
+  j.payload = json::object{{"i", i}};
+  return j;
+}
+
+Task<void> sleep_for(Clock::duration d) {
+  asio::steady_timer t(co_await asio::this_coro::executor);
+  t.expires_after(d);
+  co_await t.async_wait(asio::use_awaitable);
+}
+
+Task<void> fill(JobQueue& q, int n) {
+  for (int done = 0; done < n;) {
+    int k = std::min(1000, n - done);
+    std::vector<NewJob> chunk;
+    chunk.reserve(k);
+    for (int i = 0; i < k; ++i) chunk.push_back(noop_job(done + i));
+    co_await q.enqueue_bulk(std::move(chunk));
+    done += k;
+  }
+}
+
+Task<void> bench_enqueue(asio::any_io_executor ex) {
+  {
+    auto cfg = fresh_config();
+    auto q = co_await open_queue(ex, g_opt.url, cfg);
+    double c0 = cpu_seconds();
+    auto t0 = Clock::now();
+    co_await fill(*q, g_opt.jobs);
+    double s = secs(Clock::now() - t0);
+    record("enqueue bulk", "enqueue_bulk x1000", g_opt.jobs / s, "jobs/s");
+    record("enqueue bulk cpu", "enqueue_bulk x1000", (cpu_seconds() - c0) / g_opt.jobs * 1e6, "µs/job");
+    co_await q->close();
+  }
+  {
+    auto cfg = fresh_config();
+    auto q = co_await open_queue(ex, g_opt.url, cfg);
+    int n = std::min(g_opt.jobs, 10000);
+    double c0 = cpu_seconds();
+    auto t0 = Clock::now();
+    for (int i = 0; i < n; ++i) {
+      NewJob j = noop_job(i);
+      co_await q->enqueue(std::move(j));
+    }
+    double s = secs(Clock::now() - t0);
+    std::string variant = "await enqueue() one at a time, n=" + std::to_string(n);
+    record("enqueue single", variant, n / s, "jobs/s");
+    record("enqueue single cpu", variant, (cpu_seconds() - c0) / n * 1e6, "µs/job");
+    co_await q->close();
+  }
+}
+
+struct ProcessState {
+  int total = 0;
+  int completed = 0;
+  int stale = 0;
+};
+
+// One consumer: keeps up to `capacity` jobs in flight; fetches in batches as slots free.
+Task<void> consumer(JobQueue& q, ProcessState& st, int capacity, std::string owner) {
+  auto ex = co_await asio::this_coro::executor;
+  int inflight = 0;
+  asio::steady_timer slot_free(ex);
+  while (st.completed < st.total) {
+    if (inflight >= capacity) {
+      slot_free.expires_at(Clock::time_point::max());
+      boost::system::error_code ec;
+      co_await slot_free.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+      continue;
+    }
+    FetchRequest req;
+    req.max_jobs = std::min(capacity - inflight, 100);
+    req.wait = std::chrono::milliseconds(200);
+    req.owner = owner;
+    auto got = co_await q.fetch(req);
+    for (auto& lj : got) {
+      ++inflight;
+      auto settle = [](JobQueue& q, Lease lease, ProcessState& st, int& inflight,
+                       asio::steady_timer& slot_free) -> Task<void> {
+        json::value result;  // no-op job: null result
+        auto s = co_await q.complete(lease, std::move(result), 0.0);
+        if (s != Settle::ok) ++st.stale;
+        ++st.completed;
+        --inflight;
+        slot_free.cancel();
+      };
+      if (capacity == 1) {
+        co_await settle(q, lj.lease, st, inflight, slot_free);
+      } else {
+        asio::co_spawn(ex, settle(q, lj.lease, st, inflight, slot_free), asio::detached);
+      }
+    }
+  }
+  while (inflight > 0) {  // let the last completions land before the handles close
+    slot_free.expires_at(Clock::time_point::max());
+    boost::system::error_code ec;
+    co_await slot_free.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  }
+}
+
+Task<void> bench_process(asio::any_io_executor ex, int concurrency) {
+  auto cfg = fresh_config();
+  std::vector<std::unique_ptr<JobQueue>> qs;
+  // memory:// is one in-process queue per handle: its consumers share the one handle.
+  int handles = is_memory() ? 1 : g_opt.consumers;
+  for (int k = 0; k < handles; ++k) qs.push_back(co_await open_queue(ex, g_opt.url, cfg));
+  co_await fill(*qs[0], g_opt.jobs);
+  ProcessState st;
+  st.total = g_opt.jobs;
+  int per = std::max(1, concurrency / g_opt.consumers);
+  double c0 = cpu_seconds();
+  auto t0 = Clock::now();
+  auto done = std::make_shared<int>(g_opt.consumers);
+  asio::steady_timer all_done(ex);
+  all_done.expires_at(Clock::time_point::max());
+  for (int k = 0; k < g_opt.consumers; ++k) {
+    asio::co_spawn(ex, consumer(*qs[k % qs.size()], st, per, "bench-" + std::to_string(k)), [&, done](std::exception_ptr e) {
+      if (e) {
+        try {
+          std::rethrow_exception(e);
+        } catch (const std::exception& x) {
+          std::cerr << "consumer failed: " << x.what() << "\n";
+        }
+      }
+      if (--*done == 0) all_done.cancel();
+    });
+  }
+  boost::system::error_code ec;
+  co_await all_done.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  double s = secs(Clock::now() - t0);
+  std::string variant = "c=" + std::to_string(concurrency);
+  if (g_opt.consumers > 1) variant += ", " + std::to_string(g_opt.consumers) + " consumers";
+  record("process", variant, st.completed / s, "jobs/s");
+  record("process cpu", variant, (cpu_seconds() - c0) / st.completed * 1e6, "µs/job");
+  if (st.stale) std::cerr << "warning: " << st.stale << " stale completions\n";
+  for (auto& q : qs) co_await q->close();
+}
+
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return NAN;
+  std::sort(v.begin(), v.end());
+  auto idx = static_cast<std::size_t>(std::ceil(p * v.size())) - 1;
+  return v[std::min(idx, v.size() - 1)];
+}
+
+Task<void> bench_latency(asio::any_io_executor ex, bool same_handle) {
+  auto cfg = fresh_config();
+  auto cq = co_await open_queue(ex, g_opt.url, cfg);
+  std::unique_ptr<JobQueue> pq_owned;
+  if (!same_handle) pq_owned = co_await open_queue(ex, g_opt.url, cfg);
+  JobQueue& pq = same_handle ? *cq : *pq_owned;
+  int n = g_opt.latency_jobs;
+  std::vector<double> lat_ms;
+  lat_ms.reserve(n);
+  auto epoch = Clock::now();
+  auto consume = [](JobQueue& q, int n, std::vector<double>& out, Clock::time_point epoch) -> Task<void> {
+    int idle = 0;
+    while (static_cast<int>(out.size()) < n && idle < 20) {
+      FetchRequest req;
+      req.max_jobs = 1;
+      req.wait = std::chrono::seconds(1);
+      req.owner = "latency";
+      auto got = co_await q.fetch(req);
+      auto now = Clock::now();
+      if (got.empty()) {
+        ++idle;
+        continue;
+      }
+      idle = 0;
+      for (auto& lj : got) {
+        auto sent_ns = lj.job.payload.as_object().at("t").to_number<std::int64_t>();
+        out.push_back(secs(now - (epoch + std::chrono::nanoseconds(sent_ns))) * 1e3);
+        json::value result;
+        co_await q.complete(lj.lease, std::move(result), 0.0);
+      }
+    }
+  };
+  auto produce = [](JobQueue& q, int n, Clock::time_point epoch) -> Task<void> {
+    for (int i = 0; i < n; ++i) {
+      NewJob j = noop_job(i);
+      j.payload.as_object()["t"] = std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - epoch).count();
+      co_await q.enqueue(std::move(j));
+      co_await sleep_for(std::chrono::milliseconds(1));
+    }
+  };
+  int left = 2;
+  asio::steady_timer both(ex);
+  both.expires_at(Clock::time_point::max());
+  auto on_done = [&](std::exception_ptr e) {
+    if (e) {
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& x) {
+        std::cerr << "latency task failed: " << x.what() << "\n";
+      }
+    }
+    if (--left == 0) both.cancel();
+  };
+  asio::co_spawn(ex, consume(*cq, n, lat_ms, epoch), on_done);
+  asio::co_spawn(ex, produce(pq, n, epoch), on_done);
+  boost::system::error_code ec;
+  co_await both.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+  if (lat_ms.empty()) throw std::runtime_error("latency: no job was fetched");
+  std::string variant = "c=1, " + std::to_string(n) + " jobs ~1ms apart, " + (same_handle ? "same handle" : "separate handle");
+  record("latency p50", variant, percentile(lat_ms, 0.50), "ms");
+  record("latency p99", variant, percentile(lat_ms, 0.99), "ms");
+  record("latency max", variant, percentile(lat_ms, 1.0), "ms");
+  co_await cq->close();
+  if (pq_owned) co_await pq_owned->close();
+}
+
+Task<void> run_all() {
+  auto ex = co_await asio::this_coro::executor;
+  for (int r = 0; r < g_opt.runs; ++r) {
+    co_await bench_enqueue(ex);
+    for (int c : g_opt.concurrency) co_await bench_process(ex, c);
+    co_await bench_latency(ex, true);
+    if (!is_memory()) co_await bench_latency(ex, false);
+  }
+}
+
+std::string fmt(double x) {
+  char buf[64];
+  if (std::abs(x) >= 100) {
+    std::snprintf(buf, sizeof buf, "%.0f", x);
+    std::string s = buf, out;
+    int n = 0;
+    for (auto it = s.rbegin(); it != s.rend(); ++it) {
+      if (n && n % 3 == 0 && std::isdigit(static_cast<unsigned char>(*it))) out.insert(out.begin(), ',');
+      out.insert(out.begin(), *it);
+      ++n;
+    }
+    return out;
+  }
+  std::snprintf(buf, sizeof buf, "%.3g", x);
+  return buf;
+}
+
+void print_table() {
+  std::cout << "\n| peer | metric | variant | median | min – max | unit | runs |\n|---|---|---|---:|---:|---|---:|\n";
+  for (auto& r : g_rows) {
+    auto v = r.values;
+    std::sort(v.begin(), v.end());
+    double med = v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+    std::cout << "| " << r.peer << " | " << r.metric << " | " << r.variant << " | " << fmt(med) << " | "
+              << fmt(v.front()) << " – " << fmt(v.back()) << " | " << r.unit << " | " << v.size() << " |\n";
+  }
+}
+
+[[noreturn]] void usage(const std::string& why) {
+  std::cerr << (why.empty() ? "" : "queue_bench: " + why + "\n")
+            << "usage: queue_bench --queue URL [--jobs 50000] [--concurrency 1,50,200] [--consumers K]\n"
+               "                   [--runs R] [--latency-jobs 1000] [--peer NAME]\n";
+  std::exit(2);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) usage(a + " needs a value");
+      return argv[++i];
+    };
+    try {
+      if (a == "--queue") g_opt.url = next();
+      else if (a == "--jobs") g_opt.jobs = std::stoi(next());
+      else if (a == "--consumers") g_opt.consumers = std::max(1, std::stoi(next()));
+      else if (a == "--runs") g_opt.runs = std::max(1, std::stoi(next()));
+      else if (a == "--latency-jobs") g_opt.latency_jobs = std::stoi(next());
+      else if (a == "--peer") g_opt.peer = next();
+      else if (a == "--concurrency") {
+        g_opt.concurrency.clear();
+        std::stringstream ss(next());
+        for (std::string part; std::getline(ss, part, ',');) g_opt.concurrency.push_back(std::max(1, std::stoi(part)));
+      } else if (a == "--help" || a == "-h") usage("");
+      else usage("unknown option " + a);
+    } catch (const std::invalid_argument&) {
+      usage(a + " needs a number");
+    }
+  }
+  if (g_opt.url.empty()) usage("--queue is required");
+  if (g_opt.peer.empty()) {
+    auto scheme = g_opt.url.substr(0, g_opt.url.find(':'));
+    g_opt.peer = "penguiflow-cpp (" + scheme + ")";
+  }
+  asio::io_context io(1);
+  auto fut = asio::co_spawn(io, run_all(), asio::use_future);
+  io.run();
+  try {
+    fut.get();
+  } catch (const std::exception& e) {
+    std::cerr << "queue_bench: " << e.what() << "\n";
+    return 1;
+  }
+  print_table();
+  return 0;
+}
