@@ -168,11 +168,11 @@ bool port_accepts(int port) {
 /// stopped (by its pid) and removed on destruction.
 class PrivateRedis {
  public:
-  explicit PrivateRedis(std::vector<std::string> extra = {}) {
+  explicit PrivateRedis(std::vector<std::string> extra = {}, int port = 0) {
     char tmpl[] = "/tmp/pf-redis-test-XXXXXX";
     if (!mkdtemp(tmpl)) throw std::runtime_error("mkdtemp failed");
     dir_ = tmpl;
-    port_ = free_port();
+    port_ = port ? port : free_port();
     std::vector<std::string> argv{"redis-server", "--port", std::to_string(port_), "--bind", "127.0.0.1",
                                   "--dir", dir_, "--save", "", "--appendonly", "no", "--logfile",
                                   dir_ + "/redis.log"};
@@ -570,6 +570,61 @@ TEST_F(RedisQueueTest, CloseEndsAWaitingFetch) {
     EXPECT_TRUE(co_await penguiflow::testing::eventually([&]() -> Task<bool> { co_return fetch_done; }, 5s));
     EXPECT_TRUE(fetch_error);
     admin.close();
+  }());
+}
+
+TEST_F(RedisQueueTest, ServerRestartFailsInFlightCallsThenReconnects) {
+  if (!have_program("redis-server")) GTEST_SKIP() << "redis-server is not installed";
+  auto server = std::make_unique<PrivateRedis>();
+  const int port = server->port();
+  const std::string url = server->url();
+  penguiflow::testing::run_async([&]() -> Task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    auto q = co_await open_redis_queue(ex, url, config_for(unique_ns()));
+    co_await q->enqueue(a_job());
+    server.reset();  // stopped: the data is gone too (no persistence configured)
+    bool failed = false;
+    try {
+      co_await q->counts();
+    } catch (const QueueError& e) {
+      failed = true;
+      EXPECT_NE(std::string(e.what()).find(redact_url(url)), std::string::npos) << e.what();
+    }
+    EXPECT_TRUE(failed);
+    server = std::make_unique<PrivateRedis>(std::vector<std::string>{}, port);
+    // Reconnects (after the backoff), reloads the scripts on NOSCRIPT, works again.
+    std::optional<EnqueueResult> r;
+    for (int i = 0; i < 5 && !r; ++i) {
+      try {
+        r = co_await q->enqueue(a_job());
+      } catch (const QueueError&) {
+      }
+    }
+    EXPECT_TRUE(r.has_value());
+    auto got = co_await q->fetch(req());
+    EXPECT_EQ(got.size(), 1u);
+    co_await q->close();
+  }());
+}
+
+TEST_F(RedisQueueTest, UrlPathSelectsTheDatabase) {
+  auto ep = parse_redis_url(url_);
+  const std::string url = "redis://" + ep.host + ":" + std::to_string(ep.port) + "/3";
+  penguiflow::testing::run_async([&]() -> Task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    const std::string ns = unique_ns();
+    auto q = co_await open_redis_queue(ex, url, config_for(ns));
+    auto r = co_await q->enqueue(a_job());
+    redis::QueueKeys keys(ns);
+    Connection db3(ex, parse_redis_url(url));
+    Connection db0(ex, parse_redis_url(url_));
+    std::vector<std::string> exists3{"EXISTS", keys.job(r.id)};
+    std::vector<std::string> exists0{"EXISTS", keys.job(r.id)};
+    EXPECT_EQ((co_await raw(db3, std::move(exists3))).as_int(), 1);
+    EXPECT_EQ((co_await raw(db0, std::move(exists0))).as_int(), ep.db == 3 ? 1 : 0);
+    db3.close();
+    db0.close();
+    co_await q->close();
   }());
 }
 
