@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <set>
 
 namespace penguiflow::queue {
 namespace {
@@ -214,10 +215,31 @@ class PostgresQueue final : public JobQueue {
 
   // --- settle --------------------------------------------------------------------------
 
+  // Completions that arrive while one is in flight are sent together as one statement
+  // (one round trip, one commit): the hot path of a busy worker.
   Task<Settle> complete(const Lease& lease, json::value result, double latency_s) override {
-    Params p{lease.job_id, lease.token, json::serialize(result), num(latency_s)};
-    auto r = co_await query(st_complete_, p);
-    co_return r.affected() > 0 ? Settle::ok : Settle::stale;
+    auto me = std::make_shared<PendingComplete>();
+    me->id = lease.job_id;
+    me->token = lease.token;
+    me->result = json::serialize(result);
+    me->latency_s = latency_s;
+    complete_queue_.push_back(me);
+    while (!me->done) {
+      if (!complete_flushing_) {
+        co_await flush_completes();
+        continue;
+      }
+      try {
+        co_await complete_waiters_.wait_until(Clock::time_point::max());
+      } catch (...) {
+        // Cancelled while waiting: withdraw if the batch has not taken us yet.
+        if (!me->done)
+          complete_queue_.erase(std::remove(complete_queue_.begin(), complete_queue_.end(), me), complete_queue_.end());
+        throw;
+      }
+    }
+    if (me->error) std::rethrow_exception(me->error);
+    co_return me->ok ? Settle::ok : Settle::stale;
   }
 
   Task<Settle> retry(const Lease& lease, double delay_s, std::string reason) override {
@@ -334,6 +356,51 @@ class PostgresQueue final : public JobQueue {
   std::string describe() const override { return redacted_; }
 
  private:
+  struct PendingComplete {
+    std::string id, token, result;
+    double latency_s = 0;
+    bool done = false;
+    bool ok = false;
+    std::exception_ptr error;
+  };
+
+  Task<void> flush_completes() {
+    complete_flushing_ = true;
+    auto batch = std::move(complete_queue_);
+    complete_queue_.clear();
+    std::exception_ptr error;
+    try {
+      json::array arr;
+      arr.reserve(batch.size());
+      for (auto& c : batch) {
+        json::object o;
+        o["id"] = c->id;
+        o["token"] = c->token;
+        o["result"] = c->result;
+        o["latency_s"] = c->latency_s;
+        arr.push_back(std::move(o));
+      }
+      Params p{json::serialize(arr)};
+      auto r = co_await query(st_complete_, p);
+      std::set<std::string, std::less<>> settled;
+      for (int i = 0; i < r.rows(); ++i) settled.emplace(r.text(i, 0));
+      for (auto& c : batch) {
+        // The same lease twice in one batch: only the first settles.
+        auto it = settled.find(c->id);
+        c->ok = it != settled.end();
+        if (c->ok) settled.erase(it);
+      }
+    } catch (...) {
+      error = std::current_exception();
+    }
+    for (auto& c : batch) {
+      c->done = true;
+      c->error = error;
+    }
+    complete_flushing_ = false;
+    complete_waiters_.notify_all();
+  }
+
   struct IdleCache {
     bool valid = false;
     std::uint64_t epoch = 0;
@@ -377,8 +444,10 @@ class PostgresQueue final : public JobQueue {
         "FROM json_to_recordset($1::json) AS x(id text, token text, flow text, tenant text, payload text, "
         "max_attempts integer, deadline_s double precision) WHERE j.id = x.id AND j.lease_token = x.token");
     const std::string fence = " WHERE id = $1 AND lease_token = $2 AND state = 'running'";
-    st_complete_ = st("complete", "UPDATE " + s + ".jobs SET state = 'succeeded', result = $3, latency_s = $4, "
-        "lease_token = NULL, lease_expires_at = NULL, updated_at = " + s + ".now_s()" + fence);
+    st_complete_ = st("complete", "UPDATE " + s + ".jobs j SET state = 'succeeded', result = x.result, "
+        "latency_s = x.latency_s, lease_token = NULL, lease_expires_at = NULL, updated_at = " + s + ".now_s() "
+        "FROM json_to_recordset($1::json) AS x(id text, token text, result text, latency_s double precision) "
+        "WHERE j.id = x.id AND j.lease_token = x.token AND j.state = 'running' RETURNING j.id");
     st_retry_ = st("retry", "UPDATE " + s + ".jobs SET state = 'queued', run_at = " + s + ".now_s() + $3, "
         "reason = $4, lease_token = NULL, lease_expires_at = NULL, updated_at = " + s + ".now_s()" + fence);
     st_fail_ = st("fail", "UPDATE " + s + ".jobs SET state = 'dead', reason = $3, details = $4, "
@@ -648,6 +717,10 @@ class PostgresQueue final : public JobQueue {
   detail::WaitSet loop_done_;
   bool closing_ = false;
   bool closed_ = false;
+
+  std::vector<std::shared_ptr<PendingComplete>> complete_queue_;
+  bool complete_flushing_ = false;
+  detail::WaitSet complete_waiters_;
 
   Statement st_enqueue_, st_ids_by_key_, st_claim_, st_next_due_, st_bury_, st_adopt_raw_, st_complete_, st_retry_,
       st_fail_, st_heartbeat_, st_counts_, st_list_, st_get_, st_requeue_, st_cancel_, st_purge_, st_record_effect_,
