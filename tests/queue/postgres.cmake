@@ -3,5 +3,7 @@
 if(TARGET penguiflow_queue_postgres)
   find_package(PostgreSQL REQUIRED)
   penguiflow_add_test(postgres_queue_test SOURCES ${CMAKE_CURRENT_LIST_DIR}/postgres_test.cpp
-    LIBS penguiflow_queue_conformance penguiflow_queue_postgres PostgreSQL::PostgreSQL LABELS queue postgres)
+    LIBS penguiflow_queue_conformance penguiflow_queue_postgres PostgreSQL::PostgreSQL LABELS postgres)
+  # (one label: penguiflow_add_test passes LABELS through gtest_discover_tests PROPERTIES,
+  # where a second label would be read as a property name)
 endif()
