@@ -7,8 +7,13 @@
 
 #include <sqlite3.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <set>
 
 namespace penguiflow::queue::testing {
 namespace {
@@ -137,6 +142,98 @@ TEST(SqliteQueue, NotADatabaseIsAClearError) {
   auto msg = open_error("sqlite://" + path);
   EXPECT_NE(msg.find(path), std::string::npos) << msg;
   EXPECT_NE(msg.find("not a database"), std::string::npos) << msg;
+}
+
+TEST(SqliteQueue, Q9_RawRunAtOfTheWrongTypeGoesDeadInsteadOfHanging) {
+  auto path = (TempDir::path() / "runat.db").string();
+  std::string url = "sqlite://" + path;
+  EXPECT_EQ(open_error(url), "");
+  sql_exec(path, "INSERT INTO penguiflow_jobs (id, doc) VALUES ('x', ?1)",
+           {R"({"flow":"f","tenant":"t","run_at":"tomorrow"})"});
+  penguiflow::testing::run_async([](std::string u) -> Task<void> {
+    auto ex = co_await boost::asio::this_coro::executor;
+    auto q = co_await open_sqlite_queue(ex, u);
+    FetchRequest req;
+    req.wait = std::chrono::milliseconds(300);
+    auto got = co_await q->fetch(req);
+    EXPECT_TRUE(got.empty());
+    auto j = co_await q->get(std::string("x"), std::nullopt);
+    EXPECT_TRUE(j && j->state == JobState::dead);
+    if (j) EXPECT_NE(j->reason.find("run_at"), std::string::npos) << j->reason;
+    co_await q->close();
+  }(url));
+}
+
+// Q1 across processes: two forked worker processes claim from one file; every job is
+// delivered exactly once.
+TEST(SqliteQueue, Q1_TwoProcessesShareOneFile) {
+  auto path = (TempDir::path() / "procs.db").string();
+  std::string url = "sqlite://" + path;
+  constexpr int kJobs = 300;
+  penguiflow::testing::run_async([](std::string u) -> Task<void> {
+    auto ex = co_await boost::asio::this_coro::executor;
+    auto q = co_await open_sqlite_queue(ex, u);
+    std::vector<NewJob> jobs;
+    for (int i = 0; i < kJobs; ++i) {
+      NewJob nj;
+      nj.flow = "f";
+      nj.tenant = "t";
+      nj.payload = i;
+      jobs.push_back(nj);
+    }
+    co_await q->enqueue_bulk(jobs);
+    co_await q->close();
+  }(url));
+
+  std::vector<pid_t> kids;
+  for (int w = 0; w < 2; ++w) {
+    pid_t pid = fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      int rc = 0;
+      try {
+        std::ofstream out(path + ".worker" + std::to_string(w));
+        penguiflow::testing::run_async([](std::string u, std::ofstream& out) -> Task<void> {
+          auto ex = co_await boost::asio::this_coro::executor;
+          auto q = co_await open_sqlite_queue(ex, u);
+          for (;;) {
+            FetchRequest req;
+            req.max_jobs = 7;
+            req.wait = std::chrono::milliseconds(300);
+            auto got = co_await q->fetch(req);
+            if (got.empty()) break;
+            for (auto& lj : got) {
+              out << lj.job.id << "\n";
+              if (co_await q->complete(lj.lease, nullptr, 0.0) != Settle::ok) out << "STALE\n";
+            }
+          }
+          co_await q->close();
+        }(url, out), std::chrono::seconds(60));
+      } catch (...) {
+        rc = 1;
+      }
+      _exit(rc);
+    }
+    kids.push_back(pid);
+  }
+  for (auto pid : kids) {
+    int status = 0;
+    waitpid(pid, &status, 0);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  }
+  std::multiset<std::string> seen;
+  int per_worker[2] = {0, 0};
+  for (int w = 0; w < 2; ++w) {
+    std::ifstream in(path + ".worker" + std::to_string(w));
+    for (std::string line; std::getline(in, line);) {
+      EXPECT_NE(line, "STALE");
+      seen.insert(line);
+      ++per_worker[w];
+    }
+  }
+  EXPECT_EQ(seen.size(), static_cast<std::size_t>(kJobs));
+  EXPECT_EQ(std::set<std::string>(seen.begin(), seen.end()).size(), static_cast<std::size_t>(kJobs));
+  EXPECT_GT(per_worker[0] + per_worker[1], 0);
 }
 
 }  // namespace penguiflow::queue::testing

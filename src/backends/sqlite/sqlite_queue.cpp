@@ -618,15 +618,23 @@ class SqliteQueue final : public JobQueue {
               " (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL");
       // An outside producer may insert just (id, doc): fill the columns from the document
       // (when it is valid JSON; a broken one goes dead at fetch, Q9).
+      // Numbers are taken only when they are numbers: a string run_at would sort after
+      // every number and leave the row never claimable (it must reach fetch and go dead
+      // there instead, Q9).
+      auto num = [](const char* field) {
+        return std::string("CASE WHEN json_valid(NEW.doc) AND json_type(NEW.doc, '$.") + field +
+               "') IN ('integer', 'real') THEN json_extract(NEW.doc, '$." + field + "') END";
+      };
+      auto text = [](const char* field) {
+        return std::string("CASE WHEN json_valid(NEW.doc) AND json_type(NEW.doc, '$.") + field +
+               "') = 'text' THEN json_extract(NEW.doc, '$." + field + "') END";
+      };
       db.exec("CREATE TRIGGER " + j + "_fill AFTER INSERT ON " + j + " WHEN NEW.run_at IS NULL BEGIN UPDATE " + j +
-              " SET tenant = CASE WHEN json_valid(NEW.doc) THEN json_extract(NEW.doc, '$.tenant') END,"
-              " flow = CASE WHEN json_valid(NEW.doc) THEN json_extract(NEW.doc, '$.flow') END,"
-              " priority = coalesce(CASE WHEN json_valid(NEW.doc) THEN json_extract(NEW.doc, '$.priority') END, 0),"
-              " idempotency_key = CASE WHEN json_valid(NEW.doc) THEN json_extract(NEW.doc, '$.idempotency_key') END,"
-              " attempts = coalesce(CASE WHEN json_valid(NEW.doc) THEN json_extract(NEW.doc, '$.attempts') END, 0),"
-              " run_at = coalesce(CASE WHEN json_valid(NEW.doc) THEN json_extract(NEW.doc, '$.run_at') END, " +
-              kSqlNow + "), ready_at = coalesce(CASE WHEN json_valid(NEW.doc) THEN json_extract(NEW.doc, '$.run_at') END, " +
-              kSqlNow + "), created_at = " + kSqlNow + ", updated_at = " + kSqlNow + " WHERE seq = NEW.seq; END");
+              " SET tenant = " + text("tenant") + ", flow = " + text("flow") + ", priority = coalesce(" +
+              num("priority") + ", 0), idempotency_key = " + text("idempotency_key") + ", attempts = coalesce(" +
+              num("attempts") + ", 0), run_at = coalesce(" + num("run_at") + ", " + kSqlNow +
+              "), ready_at = coalesce(" + num("run_at") + ", " + kSqlNow + "), created_at = " + kSqlNow +
+              ", updated_at = " + kSqlNow + " WHERE seq = NEW.seq; END");
       db.exec("CREATE TABLE " + effects_ + " (key TEXT PRIMARY KEY, value TEXT NOT NULL, created_at REAL NOT NULL)");
       db.exec("INSERT INTO " + version_ + " (version) VALUES (" + std::to_string(kSqliteSchemaVersion) + ")");
     }
