@@ -197,6 +197,7 @@ class PostgresQueue final : public JobQueue {
           if (!jobs.empty()) co_return jobs;
           continue;  // everything claimed was bad data and is dead now; look again
         }
+        if (Clock::now() >= deadline) co_return std::vector<LeasedJob>{};  // wait=0: no more queries
         // Nothing ready: find when something will be (a delayed job, an expiring lease).
         Params none;
         auto d = co_await query(st_next_due_, none);
