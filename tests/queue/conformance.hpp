@@ -16,6 +16,7 @@
 
 #include <functional>
 #include <memory>
+#include <ostream>
 #include <string>
 
 namespace penguiflow::queue::testing {
@@ -34,6 +35,9 @@ struct QueueFactory {
 };
 
 class QueueConformance : public ::testing::TestWithParam<QueueFactory> {};
+
+/// Test listings show the backend's name, not the factory's bytes.
+inline void PrintTo(const QueueFactory& f, std::ostream* os) { *os << f.name; }
 
 /// A unique namespace for one test: "pft_" + 12 lowercase hex digits.
 std::string unique_namespace();
