@@ -52,6 +52,7 @@ Task<std::any> Flow::call(std::any msg, std::string trace_id) { return impl_->ca
 bool Flow::cancel(std::string_view trace_id) { return impl_->cancel(trace_id); }
 Task<void> Flow::stop() { return impl_->stop(); }
 void Flow::add_middleware(Middleware m) { impl_->options_.middlewares.push_back(std::move(m)); }
+void Flow::set_emit_errors_to_rookery(bool on) { impl_->options_.emit_errors_to_rookery = on; }
 std::size_t Flow::active_traces() const { return impl_->traces_.size(); }
 std::size_t Flow::sink_size() const { return impl_->sink_.items.size(); }
 const FlowOptions& Flow::options() const { return impl_->options_; }

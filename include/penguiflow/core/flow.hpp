@@ -135,6 +135,9 @@ class Flow {
   Task<void> stop();
 
   void add_middleware(Middleware m);
+  /// Turns FlowOptions::emit_errors_to_rookery on or off (e.g. a job worker needs every
+  /// failure to reach fetch()). Call before run().
+  void set_emit_errors_to_rookery(bool on);
 
   /// Trace bookkeeping, for tests and metrics.
   std::size_t active_traces() const;

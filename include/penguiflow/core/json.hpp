@@ -44,6 +44,16 @@ struct is_vector : std::false_type {};
 template <class T, class A>
 struct is_vector<std::vector<T, A>> : std::true_type {};
 
+/// The JSON name of what T decodes from ("string", "integer", ...), for messages.
+template <class T>
+std::string json_type_name() {
+  if constexpr (std::is_same_v<T, bool>) return "boolean";
+  else if constexpr (std::is_integral_v<T>) return "integer";
+  else if constexpr (std::is_floating_point_v<T>) return "number";
+  else if constexpr (std::is_convertible_v<T, std::string_view> || std::is_same_v<T, std::string>) return "string";
+  else return type_name<T>();
+}
+
 [[noreturn]] void throw_field_error(const std::string& node, const std::string& path, std::string problem);
 
 template <class T>
@@ -79,7 +89,7 @@ T decode_at(const boost::json::value& v, const std::string& node, const std::str
   } else {
     auto r = json::try_value_to<T>(v);
     if (!r) throw_field_error(node, path.empty() ? "<root>" : path,
-                              "expected " + type_name<T>() + ", got " + std::string(json_kind(v)));
+                              "expected " + json_type_name<T>() + ", got " + std::string(json_kind(v)));
     return std::move(*r);
   }
 }

@@ -5,6 +5,7 @@
 
 #include <penguiflow/core/json.hpp>
 #include <penguiflow/core/message.hpp>
+#include <penguiflow/task.hpp>
 
 #include <boost/asio/awaitable.hpp>
 
@@ -19,8 +20,6 @@
 
 namespace penguiflow {
 
-template <class T>
-using Task = boost::asio::awaitable<T>;
 
 class Context;
 

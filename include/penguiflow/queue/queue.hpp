@@ -12,6 +12,8 @@
 #pragma once
 
 #include <boost/asio/any_io_executor.hpp>
+#include <penguiflow/task.hpp>
+
 #include <boost/asio/awaitable.hpp>
 #include <boost/json/value.hpp>
 
@@ -28,8 +30,7 @@
 
 namespace penguiflow::queue {
 
-template <class T>
-using Task = boost::asio::awaitable<T>;
+using penguiflow::Task;  // one alias for the whole library (penguiflow/task.hpp)
 
 /// Wall-clock seconds since the Unix epoch, as stored in run_at / lease expiry.
 double unix_now();

@@ -1,0 +1,27 @@
+// Pieces shared by the CLI's translation units (not installed).
+#pragma once
+
+#include <penguiflow/queue/queue.hpp>
+#include <penguiflow/worker/worker.hpp>
+
+#include <functional>
+#include <string>
+
+namespace penguiflow::cli {
+
+struct DemoOptions {
+  int jobs = 3000;
+  std::string queue = "sqlite://./penguiflow-demo.db";
+  int concurrency = 64;
+  int threads = 2;
+};
+
+/// `penguiflow demo`: fresh SQLite queue, example jobs, a worker with a live progress
+/// line, a summary. Returns the exit code.
+int run_demo(const DemoOptions& options, worker::FlowRegistry flows);
+
+/// Opens `url` on a private event loop, runs fn, closes. Prints the error and returns 1
+/// when opening or fn fails.
+int with_queue(const std::string& url, const std::function<queue::Task<int>(queue::JobQueue&)>& fn);
+
+}  // namespace penguiflow::cli

@@ -1,0 +1,687 @@
+// The job worker: shards, the fetch loop, one coroutine per job, heartbeats, shutdown.
+#include <penguiflow/worker/worker.hpp>
+
+#include <penguiflow/core/json.hpp>
+#include <penguiflow/core/logging.hpp>
+#include <penguiflow/observe/metrics.hpp>
+#include <penguiflow/queue/ids.hpp>
+#include <penguiflow/worker/job_context.hpp>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/json/serialize.hpp>
+
+#include <unistd.h>
+
+#include <chrono>
+#include <mutex>
+#include <random>
+#include <stdexcept>
+#include <thread>
+#include <unordered_map>
+
+namespace penguiflow::worker {
+
+namespace asio = boost::asio;
+namespace json = boost::json;
+using queue::JobQueue;
+using queue::LeasedJob;
+using queue::Settle;
+
+// ---------------------------------------------------------------- registry & helpers
+
+void FlowRegistry::add(std::string name, FlowFactory factory, std::string description, FinalPredicate is_final) {
+  if (name.empty()) throw std::invalid_argument("flow name must not be empty");
+  if (!factory) throw std::invalid_argument("flow '" + name + "' needs a factory");
+  if (!is_final) is_final = first_non_chunk;
+  if (!flows_.emplace(name, FlowEntry{std::move(factory), std::move(description), std::move(is_final)}).second)
+    throw std::invalid_argument("flow '" + name + "' is registered twice");
+}
+
+const FlowEntry* FlowRegistry::find(std::string_view name) const {
+  auto it = flows_.find(name);
+  return it == flows_.end() ? nullptr : &it->second;
+}
+
+std::vector<std::pair<std::string, std::string>> FlowRegistry::list() const {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (auto& [name, e] : flows_) out.emplace_back(name, e.description);
+  return out;
+}
+
+bool first_non_chunk(const std::any& item) {
+  if (std::any_cast<StreamChunk>(&item)) return false;
+  if (auto* m = std::any_cast<Message>(&item)) return !std::any_cast<StreamChunk>(&m->payload);
+  return true;
+}
+
+bool final_answer(const std::any& item) {
+  if (std::any_cast<FinalAnswer>(&item)) return true;
+  if (auto* m = std::any_cast<Message>(&item)) return std::any_cast<FinalAnswer>(&m->payload) != nullptr;
+  return false;
+}
+
+std::string_view to_string(Outcome o) {
+  switch (o) {
+    case Outcome::succeeded: return "succeeded";
+    case Outcome::retried: return "retried";
+    case Outcome::dead: return "dead";
+    case Outcome::timeout_retried: return "timeout_retried";
+    case Outcome::lease_lost: return "lease_lost";
+    case Outcome::handed_back: return "handed_back";
+  }
+  return "unknown";
+}
+
+double retry_delay(const WorkerOptions& o, int attempt) {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  double u = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
+  return queue::backoff_delay(std::max(1, attempt), o.retry_base_s, o.retry_max_s, 2.0, o.retry_jitter, u);
+}
+
+namespace {
+
+std::string default_worker_id() {
+  char host[256] = {0};
+  if (gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "host");
+  return std::string(host) + "-" + std::to_string(::getpid());
+}
+
+auto seconds(double s) {
+  return std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(s));
+}
+
+double mono_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+/// A wake-up flag on one executor: wait() until notify(); the check-then-wait is race
+/// free because everything runs on the shard's one thread.
+class Wakeup {
+ public:
+  explicit Wakeup(asio::any_io_executor ex) : timer_(ex) {}
+  Task<void> wait_for(double s) {
+    timer_.expires_after(seconds(s));
+    co_await timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+  }
+  void notify() { timer_.cancel(); }
+
+ private:
+  asio::steady_timer timer_;
+};
+
+/// What a job's flow produced.
+struct RunResult {
+  enum Kind { success, failure, timeout, interrupted } kind = failure;
+  json::value result;
+  std::string reason;
+  json::object details;
+  bool permanent = false;   // retrying cannot help (bad payload)
+  bool unexpected = false;  // the flow misbehaved: rebuild it (W5)
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------- state
+
+struct Worker::State {
+  FlowRegistry flows;
+  WorkerOptions opts;
+  std::atomic<bool> stop_requested{false};
+  std::atomic<std::uint64_t> fetched{0}, succeeded{0}, retried{0}, dead{0}, lease_lost{0}, handed_back{0}, in_flight{0};
+  std::mutex err_mu;
+  std::string last_error;
+  std::vector<std::function<void()>> stoppers;  // one per shard, posted to its loop
+  std::mutex stop_mu;
+
+  void set_error(std::string e) {
+    std::lock_guard l(err_mu);
+    last_error = std::move(e);
+  }
+  void request_stop() {
+    if (stop_requested.exchange(true)) return;
+    std::lock_guard l(stop_mu);
+    for (auto& s : stoppers) s();
+  }
+};
+
+namespace {
+
+struct InFlight {
+  LeasedJob lj;
+  std::string trace;
+  JobContext jc;
+  asio::cancellation_signal cancel;
+  double started = 0;         // monotonic
+  double last_beat = 0;       // monotonic
+  bool lease_lost = false;
+  bool handed_back = false;
+};
+
+struct LiveFlow {
+  std::unique_ptr<Flow> flow;
+  int jobs = 0;
+  int failures = 0;
+  int inflight = 0;
+  bool retired = false;
+};
+
+class Shard : public std::enable_shared_from_this<Shard> {
+ public:
+  Shard(Worker::State& st, int index) : st_(st), opts_(st.opts), index_(index), wake_(io_.get_executor()) {}
+
+  asio::io_context& io() { return io_; }
+
+  void start() {
+    asio::co_spawn(io_, main(), [self = shared_from_this()](std::exception_ptr e) {
+      if (e) {
+        try {
+          std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+          self->st_.set_error(ex.what());
+          log_record(LogLevel::error, "shard_crashed", {{"shard", self->index_}, {"error", ex.what()}});
+        }
+        self->st_.request_stop();
+      }
+    });
+  }
+
+  /// Thread-safe.
+  void stop() {
+    asio::post(io_, [self = shared_from_this()] {
+      self->stopping_ = true;
+      self->wake_.notify();
+    });
+  }
+
+ private:
+  Task<void> main();
+  Task<void> run_job(std::shared_ptr<InFlight> f);
+  Task<RunResult> execute(InFlight& f, const FlowEntry& entry);
+  Task<RunResult> await_result(Flow& flow, const std::string& trace, double bound, const FinalPredicate& is_final);
+  Task<void> settle(InFlight& f, RunResult r);
+  Task<void> heartbeats();
+  Task<void> refresh_gauges();
+  void report(const InFlight& f, Outcome o, std::string reason);
+  void prepare(Flow& flow, const std::string& name);
+  void retire(const std::string& name, std::shared_ptr<LiveFlow> lf);
+
+  Worker::State& st_;
+  const WorkerOptions& opts_;
+  int index_;
+  asio::io_context io_{1};
+  Wakeup wake_;
+  std::unique_ptr<JobQueue> queue_;
+  bool stopping_ = false;
+  bool done_ = false;
+  int inflight_ = 0;
+  std::unordered_map<std::string, std::shared_ptr<InFlight>> jobs_;
+  std::unordered_map<std::string, std::shared_ptr<LiveFlow>> live_;
+  std::unordered_map<std::string, Middleware> metrics_mw_;  // per flow name
+};
+
+void Shard::prepare(Flow& flow, const std::string& name) {
+  flow.set_emit_errors_to_rookery(true);  // every failure must reach the job (W3)
+  if (opts_.metrics) {
+    auto it = metrics_mw_.find(name);
+    if (it == metrics_mw_.end()) it = metrics_mw_.emplace(name, observe::metrics_middleware(*opts_.metrics, name)).first;
+    flow.add_middleware(it->second);
+  }
+  if (log_enabled(LogLevel::debug)) flow.add_middleware(log_flow_events("debug"));
+}
+
+void Shard::report(const InFlight& f, Outcome o, std::string reason) {
+  const auto& job = f.lj.job;
+  double latency = mono_s() - f.started;
+  switch (o) {
+    case Outcome::succeeded: ++st_.succeeded; break;
+    case Outcome::retried:
+    case Outcome::timeout_retried: ++st_.retried; break;
+    case Outcome::dead: ++st_.dead; break;
+    case Outcome::lease_lost: ++st_.lease_lost; break;
+    case Outcome::handed_back: ++st_.handed_back; break;
+  }
+  if (opts_.metrics) {
+    opts_.metrics->counter("penguiflow_jobs_total", "Jobs settled by this worker, by flow and outcome",
+                           {{"flow", job.flow}, {"outcome", std::string(to_string(o))}}).inc();
+    opts_.metrics->histogram("penguiflow_job_latency_ms", "Fetch-to-settle latency of jobs", {{"flow", job.flow}})
+        .observe(latency * 1000);
+  }
+  LogLevel lvl = o == Outcome::succeeded ? LogLevel::debug : (o == Outcome::dead ? LogLevel::warn : LogLevel::info);
+  if (log_enabled(lvl)) {
+    json::object fields{{"job_id", job.id}, {"trace_id", f.trace}, {"tenant", job.tenant}, {"worker_id", f.jc.worker_id},
+                        {"flow", job.flow}, {"attempt", job.attempts}, {"latency_ms", latency * 1000}};
+    if (!reason.empty()) fields["reason"] = reason;
+    if (opts_.log_payloads) fields["payload"] = job.payload;
+    log_record(lvl, std::string("job_") + std::string(to_string(o)), fields);
+  }
+  if (opts_.on_report) {
+    JobReport r{job.id, job.flow, job.tenant, job.attempts, o, std::move(reason), latency,
+                std::max(0.0, queue::unix_now() - latency - job.run_at)};
+    opts_.on_report(r);
+  }
+}
+
+Task<void> Shard::main() {
+  auto ex = co_await asio::this_coro::executor;
+  queue::QueueConfig cfg = opts_.queue_config;
+  if (!cfg.flow_known) {
+    const FlowRegistry* flows = &st_.flows;
+    cfg.flow_known = [flows](std::string_view name) { return flows->contains(name); };
+  }
+  try {
+    if (opts_.open_queue) queue_ = co_await opts_.open_queue(ex, cfg);
+    else queue_ = co_await queue::open_queue(ex, opts_.queue_url, cfg);
+  } catch (const std::exception& e) {
+    st_.set_error(e.what());
+    log_record(LogLevel::error, "queue_open_failed", {{"shard", index_}, {"error", e.what()}});
+    st_.request_stop();
+    co_return;
+  }
+  asio::co_spawn(ex, heartbeats(), asio::detached);
+  if (opts_.metrics && index_ == 0) asio::co_spawn(ex, refresh_gauges(), asio::detached);
+
+  double fetch_backoff = 0.05;
+  while (!stopping_) {
+    int free = opts_.concurrency - inflight_;
+    if (free <= 0) {
+      co_await wake_.wait_for(1.0);
+      continue;
+    }
+    std::vector<LeasedJob> jobs;
+    bool failed = false;
+    try {
+      queue::FetchRequest req{free, opts_.fetch_wait, std::chrono::milliseconds(std::int64_t(opts_.lease_s * 1000)),
+                              st_.opts.worker_id};
+      jobs = co_await queue_->fetch(std::move(req));
+      fetch_backoff = 0.05;
+    } catch (const std::exception& e) {
+      // The backend reconnects on the next call; back off so a dead server is not hammered.
+      log_record(LogLevel::warn, "fetch_failed", {{"shard", index_}, {"error", e.what()}, {"retry_in_s", fetch_backoff}});
+      failed = true;
+    }
+    if (failed) {
+      co_await wake_.wait_for(fetch_backoff);
+      fetch_backoff = std::min(fetch_backoff * 2, 5.0);
+      continue;
+    }
+    if (jobs.empty()) {
+      if (opts_.exit_when_empty && inflight_ == 0) {
+        bool empty = false;
+        try {
+          auto c = co_await queue_->counts();
+          empty = c.by_state["queued"] + c.by_state["running"] == 0;
+        } catch (const std::exception&) {
+        }
+        if (empty) st_.request_stop();
+      }
+      continue;
+    }
+    for (auto& lj : jobs) {
+      auto f = std::make_shared<InFlight>();
+      f->lj = std::move(lj);
+      f->trace = "job-" + f->lj.job.id;
+      f->jc = JobContext{&f->lj.job, queue_.get(), opts_.worker_id};
+      f->started = f->last_beat = mono_s();
+      ++inflight_;
+      ++st_.fetched;
+      ++st_.in_flight;
+      jobs_[f->lj.job.id] = f;
+      asio::co_spawn(ex, run_job(f), asio::bind_cancellation_slot(f->cancel.slot(), [self = shared_from_this(), f](std::exception_ptr e) {
+                       if (e) {
+                         try {
+                           std::rethrow_exception(e);
+                         } catch (const std::exception& ex) {
+                           log_record(LogLevel::error, "job_coroutine_failed", {{"job_id", f->lj.job.id}, {"error", ex.what()}});
+                         }
+                       }
+                       self->jobs_.erase(f->lj.job.id);
+                       --self->inflight_;
+                       --self->st_.in_flight;
+                       self->wake_.notify();
+                     }));
+    }
+  }
+
+  // W9: stop fetching (done), drain within the timeout, then hand back what is left.
+  double deadline = mono_s() + opts_.drain_timeout_s;
+  while (inflight_ > 0 && mono_s() < deadline) co_await wake_.wait_for(std::min(0.05, std::max(0.0, deadline - mono_s())));
+  if (inflight_ > 0) {
+    log_record(LogLevel::warn, "drain_timeout", {{"shard", index_}, {"in_flight", inflight_}});
+    for (auto& [_, f] : jobs_) {
+      f->handed_back = true;
+      f->cancel.emit(asio::cancellation_type::terminal);
+    }
+    double hard = mono_s() + 10;
+    while (inflight_ > 0 && mono_s() < hard) co_await wake_.wait_for(0.01);
+  }
+  done_ = true;
+  for (auto& [_, lf] : live_) co_await lf->flow->stop();
+  live_.clear();
+  co_await queue_->close();
+}
+
+Task<void> Shard::heartbeats() {
+  const double every = std::max(0.05, opts_.lease_s / 3);
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  while (!done_) {
+    timer.expires_after(seconds(std::min(every, 0.5)));
+    co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    if (done_) break;
+    std::vector<std::shared_ptr<InFlight>> due;
+    double now = mono_s();
+    for (auto& [_, f] : jobs_)
+      if (now - f->last_beat >= every && !f->lease_lost) due.push_back(f);
+    for (auto& f : due) {
+      try {
+        auto r = co_await queue_->heartbeat(f->lj.lease, std::chrono::milliseconds(std::int64_t(opts_.lease_s * 1000)));
+        f->last_beat = mono_s();
+        if (r == Settle::stale) {
+          // Taken over (expired and re-leased) or cancelled by an operator: stop working on it.
+          f->lease_lost = true;
+          f->cancel.emit(asio::cancellation_type::terminal);
+        }
+      } catch (const std::exception& e) {
+        log_record(LogLevel::warn, "heartbeat_failed", {{"job_id", f->lj.job.id}, {"error", e.what()}});
+      }
+    }
+  }
+}
+
+Task<void> Shard::refresh_gauges() {
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  auto& reg = *opts_.metrics;
+  while (!done_) {
+    try {
+      auto c = co_await queue_->counts();
+      for (auto* s : {"queued", "running", "succeeded", "dead"})
+        reg.gauge("penguiflow_queue_depth", "Jobs in the queue by state", {{"state", s}}).set(double(c.by_state[s]));
+      queue::ListFilter filter{queue::JobState::queued, std::nullopt, 200};
+      auto queued = co_await queue_->list(std::move(filter));
+      double oldest = 0, now = queue::unix_now();
+      for (auto& j : queued)
+        if (j.run_at <= now) oldest = std::max(oldest, now - j.run_at);
+      reg.gauge("penguiflow_queue_oldest_job_age_seconds", "Age of the oldest ready job (sampled from up to 200 queued jobs)")
+          .set(oldest);
+    } catch (const std::exception& e) {
+      log_record(LogLevel::debug, "gauge_refresh_failed", {{"error", e.what()}});
+    }
+    reg.gauge("penguiflow_jobs_in_flight", "Jobs being processed by this worker").set(double(st_.in_flight.load()));
+    timer.expires_after(std::chrono::seconds(2));
+    co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+  }
+}
+
+Task<RunResult> Shard::await_result(Flow& flow, const std::string& trace, double bound, const FinalPredicate& is_final) {
+  using namespace asio::experimental::awaitable_operators;
+  auto ex = co_await asio::this_coro::executor;
+  asio::steady_timer timer(ex, seconds(bound));
+  auto read = [&flow, &trace, &is_final]() -> Task<RunResult> {
+    for (;;) {
+      std::any item = co_await flow.fetch(trace);
+      RunResult r;
+      if (auto* fe = std::any_cast<FlowError>(&item)) {
+        r.kind = RunResult::failure;
+        r.permanent = fe->code == FlowErrorCode::validation_error;
+        r.reason = r.permanent ? "invalid payload: " + fe->message
+                               : "node '" + fe->node_name + "' failed (" + std::string(to_string(fe->code)) + "): " + fe->message;
+        r.details = fe->to_json().as_object();
+        co_return r;
+      }
+      const std::any* payload = &item;
+      if (auto* m = std::any_cast<Message>(&item)) payload = &m->payload;
+      if (auto* fa = std::any_cast<FinalAnswer>(payload); fa && fa->text == "Deadline exceeded") {
+        r.kind = RunResult::timeout;  // C9: the flow skipped the message past its deadline
+        r.reason = "job deadline exceeded";
+        co_return r;
+      }
+      if (!is_final(item)) continue;  // progress (status updates, chunks), not the result
+      try {
+        r.result = to_json(*payload);
+        r.kind = RunResult::success;
+      } catch (const std::exception& e) {
+        r.kind = RunResult::failure;
+        r.permanent = true;
+        r.reason = std::string("result is not JSON-convertible: ") + e.what();
+      }
+      co_return r;
+    }
+  };
+  auto r = co_await (read() || timer.async_wait(asio::as_tuple(asio::use_awaitable)));
+  if (r.index() == 0) co_return std::move(std::get<0>(r));
+  RunResult t;
+  t.kind = RunResult::timeout;
+  t.reason = "job exceeded its time bound of " + std::to_string(bound) + " s";
+  co_return t;
+}
+
+Task<RunResult> Shard::execute(InFlight& f, const FlowEntry& entry) {
+  const FlowFactory& factory = entry.factory;
+  auto ex = co_await asio::this_coro::executor;
+  const auto& job = f.lj.job;
+  const double bound = job.deadline_s.value_or(opts_.job_timeout_s);
+  Message msg{job.payload, Headers{job.tenant, job.flow, job.priority}, f.trace};
+  if (job.deadline_s) msg.deadline_s = wall_now() + *job.deadline_s;
+
+  std::shared_ptr<LiveFlow> lf;
+  std::unique_ptr<Flow> own;
+  Flow* flow = nullptr;
+  RunResult result;
+  try {
+    if (opts_.mode == FlowMode::long_lived) {
+      auto& slot = live_[job.flow];
+      if (!slot || slot->retired) {
+        slot = std::make_shared<LiveFlow>();
+        slot->flow = std::make_unique<Flow>(factory());
+        prepare(*slot->flow, job.flow);
+        slot->flow->run(ex);
+      }
+      lf = slot;
+      ++lf->inflight;
+      ++lf->jobs;
+      flow = lf->flow.get();
+    } else {
+      own = std::make_unique<Flow>(factory());
+      prepare(*own, job.flow);
+      own->run(ex);
+      flow = own.get();
+    }
+  } catch (const std::exception& e) {
+    result.kind = RunResult::failure;
+    result.reason = "flow '" + job.flow + "' could not start: " + e.what();
+    result.unexpected = true;
+  }
+
+  bool interrupted = false;
+  if (flow) {
+    try {
+      co_await flow->emit(std::move(msg), f.trace);
+      result = co_await await_result(*flow, f.trace, bound, entry.is_final);
+    } catch (const boost::system::system_error& e) {
+      interrupted = true;  // handed back at shutdown, or the lease was lost
+    } catch (const std::exception& e) {
+      result.kind = RunResult::failure;
+      result.reason = std::string("flow error: ") + e.what();
+      result.unexpected = true;
+    }
+    if (interrupted) {
+      co_await asio::this_coro::reset_cancellation_state();
+      result.kind = RunResult::interrupted;
+    }
+    if (result.kind != RunResult::success) flow->cancel(f.trace);  // W3: cancel the trace
+  }
+
+  if (own) {
+    co_await own->stop();  // W4: stopped after every job, whatever happened
+  } else if (lf) {
+    --lf->inflight;
+    if (result.kind == RunResult::failure || result.kind == RunResult::timeout) ++lf->failures;
+    if (result.unexpected || lf->jobs >= opts_.rebuild_after_jobs || lf->failures >= opts_.rebuild_after_failures)
+      retire(job.flow, lf);
+    if (lf->retired && lf->inflight == 0) co_await lf->flow->stop();
+  }
+  co_return result;
+}
+
+void Shard::retire(const std::string& name, std::shared_ptr<LiveFlow> lf) {
+  if (lf->retired) return;
+  lf->retired = true;  // W5: new jobs get a fresh flow; this one stops when its last job ends
+  if (auto it = live_.find(name); it != live_.end() && it->second == lf) live_.erase(it);
+  log_record(LogLevel::info, "flow_rebuilt", {{"flow", name}, {"jobs", lf->jobs}, {"failures", lf->failures}});
+}
+
+Task<void> Shard::run_job(std::shared_ptr<InFlight> f) {
+  detail::bind_job(f->trace, &f->jc);
+  const auto& job = f->lj.job;
+  RunResult r;
+  if (job.attempts > job.max_attempts) {
+    // Redelivered after its last attempt's lease expired (the worker died or hung).
+    r.kind = RunResult::failure;
+    r.permanent = true;
+    r.reason = "attempts exhausted: the lease of attempt " + std::to_string(job.max_attempts) +
+               " expired before the job was settled (worker crashed or hung)";
+  } else if (const FlowEntry* entry = st_.flows.find(job.flow)) {
+    r = co_await execute(*f, *entry);
+  } else {
+    r.kind = RunResult::failure;
+    r.permanent = true;
+    r.reason = "unknown flow '" + job.flow + "'";
+  }
+  detail::unbind_job(f->trace);
+  co_await settle(*f, std::move(r));
+}
+
+Task<void> Shard::settle(InFlight& f, RunResult r) {
+  const auto& job = f.lj.job;
+  try {
+    if (r.kind == RunResult::interrupted || f.lease_lost) {
+      if (f.lease_lost) {
+        report(f, Outcome::lease_lost, "lease lost (expired and taken over, or cancelled)");
+      } else {
+        // W9: hand the lease back so another worker picks the job up at once.
+        co_await queue_->retry(f.lj.lease, 0, "worker shutdown before the job finished");
+        report(f, Outcome::handed_back, "worker shutdown");
+      }
+      co_return;
+    }
+    const double latency = mono_s() - f.started;
+    Settle s = Settle::ok;
+    Outcome o;
+    std::string reason;
+    if (r.kind == RunResult::success) {
+      s = co_await queue_->complete(f.lj.lease, std::move(r.result), latency);
+      o = Outcome::succeeded;
+    } else if (!r.permanent && job.attempts < job.max_attempts) {
+      double delay = retry_delay(opts_, job.attempts);
+      reason = r.reason;
+      s = co_await queue_->retry(f.lj.lease, delay, r.reason);
+      o = r.kind == RunResult::timeout ? Outcome::timeout_retried : Outcome::retried;
+    } else {
+      json::object details = std::move(r.details);
+      details["attempts"] = job.attempts;
+      details["max_attempts"] = job.max_attempts;
+      details["worker_id"] = opts_.worker_id;
+      reason = r.permanent ? r.reason : r.reason + " (after " + std::to_string(job.attempts) + " attempts)";
+      s = co_await queue_->fail(f.lj.lease, reason, std::move(details));
+      o = Outcome::dead;
+    }
+    if (s == Settle::stale) report(f, Outcome::lease_lost, "lease expired before settle: " + reason);
+    else report(f, o, reason);
+  } catch (const std::exception& e) {
+    // Not settled: the lease expires and the job is redelivered (at-least-once, W8).
+    log_record(LogLevel::error, "settle_failed", {{"job_id", job.id}, {"error", e.what()}});
+  }
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- Worker
+
+Worker::Worker(FlowRegistry flows, WorkerOptions options) : state_(std::make_shared<State>()) {
+  if (options.concurrency < 1) throw std::invalid_argument("--concurrency must be at least 1 (got " + std::to_string(options.concurrency) + ")");
+  if (options.threads < 1) throw std::invalid_argument("--threads must be at least 1 (got " + std::to_string(options.threads) + ")");
+  if (options.lease_s <= 0) throw std::invalid_argument("lease must be positive");
+  if (options.job_timeout_s <= 0) throw std::invalid_argument("--job-timeout must be positive");
+  if (options.drain_timeout_s < 0) throw std::invalid_argument("--drain-timeout must not be negative");
+  if (options.worker_id.empty()) options.worker_id = default_worker_id();
+  state_->flows = std::move(flows);
+  state_->opts = std::move(options);
+}
+
+Worker::~Worker() = default;
+
+void Worker::request_stop() { state_->request_stop(); }
+const std::string& Worker::worker_id() const { return state_->opts.worker_id; }
+std::string Worker::last_error() const {
+  std::lock_guard l(state_->err_mu);
+  return state_->last_error;
+}
+
+WorkerStats Worker::stats() const {
+  auto& s = *state_;
+  return {s.fetched, s.succeeded, s.retried, s.dead, s.lease_lost, s.handed_back, s.in_flight};
+}
+
+int Worker::run() {
+  auto& st = *state_;
+  std::vector<std::shared_ptr<Shard>> shards;
+  for (int i = 0; i < st.opts.threads; ++i) shards.push_back(std::make_shared<Shard>(st, i));
+  {
+    std::lock_guard l(st.stop_mu);
+    st.stoppers.clear();
+    for (auto& s : shards) st.stoppers.push_back([s] { s->stop(); });
+  }
+  if (st.stop_requested) for (auto& s : shards) s->stop();
+
+  asio::io_context signals_io(1);
+  std::optional<asio::signal_set> signals;
+  std::thread signal_thread;
+  if (st.opts.handle_signals) {
+    signals.emplace(signals_io, SIGINT, SIGTERM);
+    std::function<void(boost::system::error_code, int)> on_signal = [&](boost::system::error_code ec, int sig) {
+      if (ec) return;
+      log_record(LogLevel::info, "shutdown_requested", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}, {"worker_id", st.opts.worker_id}});
+      st.request_stop();
+      signals->async_wait(on_signal);  // a second signal is logged and otherwise ignored: the drain bound holds
+    };
+    signals->async_wait(on_signal);
+    signal_thread = std::thread([&] { signals_io.run(); });
+  }
+
+  log_record(LogLevel::info, "worker_started",
+             {{"worker_id", st.opts.worker_id}, {"queue", queue::redact_url(st.opts.queue_url)},
+              {"threads", st.opts.threads}, {"concurrency", st.opts.concurrency},
+              {"mode", st.opts.mode == FlowMode::stateless ? "stateless" : "long-lived"}});
+  std::vector<std::thread> threads;
+  for (auto& s : shards) {
+    s->start();
+    threads.emplace_back([s] { s->io().run(); });
+  }
+  for (auto& t : threads) t.join();
+  if (signals) {
+    signals->cancel();
+    signals_io.stop();
+    signal_thread.join();
+  }
+  {
+    std::lock_guard l(st.stop_mu);
+    st.stoppers.clear();
+  }
+  auto stats = this->stats();
+  log_record(LogLevel::info, "worker_stopped",
+             {{"worker_id", st.opts.worker_id}, {"succeeded", stats.succeeded}, {"retried", stats.retried},
+              {"dead", stats.dead}, {"handed_back", stats.handed_back}});
+  return last_error().empty() ? 0 : 1;
+}
+
+}  // namespace penguiflow::worker
