@@ -30,6 +30,8 @@ bool Flow::running() const { return impl_->running_; }
 Task<void> Flow::emit(std::any msg, std::string trace_id, Targets to) {
   return impl_->emit(std::move(msg), std::move(trace_id), std::move(to));
 }
+Task<void> Flow::emit(std::any msg, std::string trace_id) { return impl_->emit(std::move(msg), std::move(trace_id), Targets()); }
+Task<void> Flow::emit(std::any msg) { return impl_->emit(std::move(msg), std::string(), Targets()); }
 void Flow::emit_nowait(std::any msg, std::string trace_id, Targets to) {
   impl_->emit_nowait(std::move(msg), std::move(trace_id), std::move(to));
 }
@@ -37,7 +39,9 @@ Task<std::any> Flow::fetch(std::string trace_id) {
   auto f = co_await impl_->fetch(std::move(trace_id), nullptr);
   co_return std::move(f.value);
 }
+Task<std::any> Flow::fetch() { return fetch(std::string()); }
 Task<Fetched> Flow::fetch_item(std::string trace_id) { return impl_->fetch(std::move(trace_id), nullptr); }
+Task<Fetched> Flow::fetch_item() { return impl_->fetch(std::string(), nullptr); }
 Task<std::any> Flow::fetch_from(const Node& from) {
   auto n = std::find_if(impl_->nodes_.begin(), impl_->nodes_.end(),
                          [&](auto& rt) { return rt->spec.get() == &from.spec(); });
@@ -74,7 +78,14 @@ const std::string& Context::trace_id() const {
 }
 asio::any_io_executor Context::executor() const { return *flow_->ex_; }
 
-Task<void> Context::emit(std::any msg, Targets to) { return flow_->node_emit(*node_, trace_, std::move(msg), to); }
+Task<void> Context::emit(std::any msg, Targets to) {
+  // A coroutine (not a forwarding call): `to` must live until node_emit is done with it.
+  co_await flow_->node_emit(*node_, trace_, std::move(msg), to);
+}
+Task<void> Context::emit(std::any msg) {
+  Targets all;
+  co_await flow_->node_emit(*node_, trace_, std::move(msg), all);
+}
 void Context::emit_nowait(std::any msg, Targets to) { flow_->node_emit_nowait(*node_, trace_, std::move(msg), to); }
 
 Task<void> Context::emit_chunk(const Message& parent, std::string text, bool done, boost::json::object meta, Targets to,
@@ -83,6 +94,10 @@ Task<void> Context::emit_chunk(const Message& parent, std::string text, bool don
   StreamChunk chunk{stream_id, flow_->next_seq(stream_id, done), std::move(text), done, std::move(meta)};
   Message m = parent.with_payload(std::move(chunk));
   co_await flow_->node_emit(*node_, trace_, std::move(m), to);
+}
+
+Task<void> Context::emit_chunk(const Message& parent, std::string text, bool done) {
+  return emit_chunk(parent, std::move(text), done, boost::json::object(), Targets(), std::string());
 }
 
 Task<void> Context::sleep(double seconds) {

@@ -60,13 +60,15 @@ class Context {
 
   /// Sends `msg` to the given successors (all when empty), waiting while a queue is full.
   /// Throws FlowUsageError when a target is not a successor of this node.
-  Task<void> emit(std::any msg, Targets to = {});
+  Task<void> emit(std::any msg, Targets to);
+  Task<void> emit(std::any msg);
   /// Like emit but fails with QueueFullError instead of waiting.
   void emit_nowait(std::any msg, Targets to = {});
   /// Emits a StreamChunk envelope derived from `parent` (C12): stream_id defaults to the
   /// parent's trace id, seq increases per stream and restarts after done.
-  Task<void> emit_chunk(const Message& parent, std::string text, bool done = false,
-                        boost::json::object meta = {}, Targets to = {}, std::string stream_id = {});
+  Task<void> emit_chunk(const Message& parent, std::string text, bool done, boost::json::object meta, Targets to,
+                        std::string stream_id);
+  Task<void> emit_chunk(const Message& parent, std::string text, bool done = false);
   /// Cancellable sleep (seconds) on the flow's executor.
   Task<void> sleep(double seconds);
   /// Runs blocking / CPU-heavy `fn` on the shared offload pool and resumes here; the
@@ -108,15 +110,22 @@ class Flow {
   /// full. `trace_id` stamps the message (and a Message's trace_id); a Message without
   /// one gets a random trace id. Throws FlowUsageError before run() or for an unknown
   /// target, FlowStoppedError when the flow stops meanwhile.
-  Task<void> emit(std::any msg, std::string trace_id = {}, Targets to = {});
+  ///
+  /// (Overloads rather than default arguments throughout: g++ 12 frees a class-type
+  /// default argument twice when the call sits inside co_await.)
+  Task<void> emit(std::any msg, std::string trace_id, Targets to);
+  Task<void> emit(std::any msg, std::string trace_id);
+  Task<void> emit(std::any msg);
   /// Like emit, failing with QueueFullError instead of waiting.
   void emit_nowait(std::any msg, std::string trace_id = {}, Targets to = {});
 
   /// Next result from the sink; with `trace_id`, the next result of that trace only
   /// (C8). Concurrent fetches of one trace are served in order. Cancellable.
-  Task<std::any> fetch(std::string trace_id = {});
+  Task<std::any> fetch(std::string trace_id);
+  Task<std::any> fetch();
   /// Like fetch, with trace and source node.
-  Task<Fetched> fetch_item(std::string trace_id = {});
+  Task<Fetched> fetch_item(std::string trace_id);
+  Task<Fetched> fetch_item();
   /// Next result produced by node `from` (source filtering). Refused with
   /// FlowUsageError once trace-scoped fetching is in use (C8).
   Task<std::any> fetch_from(const Node& from);
