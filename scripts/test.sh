@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what is missing, builds, starts a
+# private PostgreSQL and Redis on 127.0.0.1 (temporary directories), runs every test,
+# then builds and runs the suite again under ASan+UBSan. Servers are stopped whatever
+# happens.
+#
+#   scripts/test.sh            # everything (what CI runs)
+#   scripts/test.sh --fast     # skip the sanitizer pass
+#   scripts/test.sh -R Q3      # extra arguments go to ctest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+sanitize=1
+args=()
+for a in "$@"; do
+  case "$a" in
+    --fast) sanitize=0 ;;
+    *) args+=("$a") ;;
+  esac
+done
+
+scripts/install-deps.sh
+echo "== build (Release)"
+scripts/build.sh
+
+servers=$(scripts/test-servers.sh start)
+eval "$servers"
+trap 'scripts/test-servers.sh stop "$PENGUIFLOW_TEST_SERVERS_DIR"' EXIT
+echo "== servers: $PENGUIFLOW_TEST_PG_URL $PENGUIFLOW_TEST_REDIS_URL"
+
+echo "== tests (Release)"
+ctest --test-dir build --output-on-failure -j2 --timeout 600 "${args[@]}"
+
+if [ "$sanitize" = 1 ]; then
+  echo "== build (ASan+UBSan)"
+  BUILD_DIR=build-asan CMAKE_ARGS="-DCMAKE_BUILD_TYPE= -DPENGUIFLOW_SANITIZE=ON -DPENGUIFLOW_BUILD_BENCH=OFF" scripts/build.sh
+  echo "== tests (ASan+UBSan; LeakSanitizer on)"
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --test-dir build-asan --output-on-failure -j2 --timeout 900 -LE "process|bench" "${args[@]}"
+fi
+echo "== all tests passed"
