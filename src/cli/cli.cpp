@@ -28,9 +28,13 @@ namespace json = boost::json;
 using namespace penguiflow::queue;
 
 int with_queue(const std::string& url, const std::function<Task<int>(JobQueue&)>& fn) {
+  return with_queue(url, QueueConfig{}, fn);
+}
+
+int with_queue(const std::string& url, const QueueConfig& config, const std::function<Task<int>(JobQueue&)>& fn) {
   asio::io_context io(1);
   auto fut = asio::co_spawn(io, [&]() -> Task<int> {
-    auto q = co_await open_queue(co_await asio::this_coro::executor, url);
+    auto q = co_await open_queue(co_await asio::this_coro::executor, url, config);
     std::exception_ptr err;
     int rc = 1;
     try {
@@ -82,14 +86,23 @@ void print_jobs(const std::vector<Job>& jobs, bool as_json, bool with_reason) {
 
 struct Common {
   std::string queue = "sqlite://./penguiflow.db";
+  QueueConfig config;  // namespace_ from --namespace
   std::string tenant;
   bool json = false;
 };
+
+/// --namespace: the table prefix (SQLite), schema (PostgreSQL) or key tag (Redis).
+void add_namespace(CLI::App* app, std::string& ns) {
+  app->add_option("--namespace", ns, "Queue namespace: SQLite table prefix, PostgreSQL schema, Redis key tag")
+      ->envname("PENGUIFLOW_NAMESPACE")
+      ->capture_default_str();
+}
 
 void add_common(CLI::App* app, Common& c, bool tenant = true) {
   app->add_option("-q,--queue", c.queue, "Queue URL: sqlite:///path.db, postgresql://user@host:port/db, redis://host:port/db, memory://")
       ->envname("PENGUIFLOW_QUEUE")
       ->capture_default_str();
+  add_namespace(app, c.config.namespace_);
   if (tenant) app->add_option("-t,--tenant", c.tenant, "Only this tenant's jobs")->envname("PENGUIFLOW_TENANT");
   app->add_flag("--json", c.json, "Machine-readable JSON output");
 }
@@ -132,6 +145,7 @@ int run(int argc, char** argv, worker::FlowRegistry flows) {
   std::string mode = "stateless", metrics_addr;
   auto* worker_cmd = app.add_subcommand("worker", "Run a worker: fetch jobs, run their flows, settle them; SIGTERM/SIGINT drain and exit 0");
   worker_cmd->add_option("-q,--queue", wo.queue_url, "Queue URL")->envname("PENGUIFLOW_QUEUE")->capture_default_str();
+  add_namespace(worker_cmd, wo.queue_config.namespace_);
   worker_cmd->add_option("-c,--concurrency", wo.concurrency, "Jobs in flight per thread")->envname("PENGUIFLOW_CONCURRENCY")->check(CLI::Range(1, 100000))->capture_default_str();
   worker_cmd->add_option("--threads", wo.threads, "Shards (event-loop threads)")->envname("PENGUIFLOW_THREADS")->check(CLI::Range(1, 256))->capture_default_str();
   worker_cmd->add_option("--mode", mode, "stateless (new flow per job) or long-lived")->envname("PENGUIFLOW_MODE")->check(CLI::IsMember({"stateless", "long-lived"}))->capture_default_str();
@@ -304,7 +318,7 @@ int run(int argc, char** argv, worker::FlowRegistry flows) {
           if (!flows.contains(j.flow))
             std::fprintf(stderr, "penguiflow enqueue: warning: flow '%s' is not registered in this binary\n", j.flow.c_str());
       bool as_json = eq.json;
-      return with_queue(eq.queue, [&](JobQueue& q) -> Task<int> {
+      return with_queue(eq.queue, eq.config, [&](JobQueue& q) -> Task<int> {
         auto results = co_await q.enqueue_bulk(std::move(batch));
         if (as_json) {
           json::array arr;
@@ -317,7 +331,7 @@ int run(int argc, char** argv, worker::FlowRegistry flows) {
       });
     }
     if (*jobs_cmd) {
-      return with_queue(jc.queue, [&](JobQueue& q) -> Task<int> {
+      return with_queue(jc.queue, jc.config, [&](JobQueue& q) -> Task<int> {
         if (!job_id.empty()) {
           auto j = co_await q.get(job_id, opt(jc.tenant));
           if (!j) {
@@ -333,7 +347,7 @@ int run(int argc, char** argv, worker::FlowRegistry flows) {
       });
     }
     if (*stats_cmd) {
-      return with_queue(sc.queue, [&](JobQueue& q) -> Task<int> {
+      return with_queue(sc.queue, sc.config, [&](JobQueue& q) -> Task<int> {
         auto c = co_await q.counts();
         if (sc.json) {
           json::object by_state, by_tenant;
@@ -357,7 +371,7 @@ int run(int argc, char** argv, worker::FlowRegistry flows) {
       });
     }
     if (*dead_cmd) {
-      return with_queue(dc.queue, [&](JobQueue& q) -> Task<int> {
+      return with_queue(dc.queue, dc.config, [&](JobQueue& q) -> Task<int> {
         ListFilter f{JobState::dead, opt(dc.tenant), limit};
         print_jobs(co_await q.list(std::move(f)), dc.json, true);
         co_return 0;
@@ -368,7 +382,7 @@ int run(int argc, char** argv, worker::FlowRegistry flows) {
         std::fprintf(stderr, "penguiflow requeue: give job ids, or --all for every dead job\n");
         return 2;
       }
-      return with_queue(rc.queue, [&](JobQueue& q) -> Task<int> {
+      return with_queue(rc.queue, rc.config, [&](JobQueue& q) -> Task<int> {
         auto n = co_await q.requeue_dead(ids, opt(rc.tenant));
         if (rc.json) std::cout << json::serialize(json::object{{"requeued", n}}) << "\n";
         else std::printf("requeued %lld job(s)\n", (long long)n);
@@ -376,7 +390,7 @@ int run(int argc, char** argv, worker::FlowRegistry flows) {
       });
     }
     if (*purge_cmd) {
-      return with_queue(pc.queue, [&](JobQueue& q) -> Task<int> {
+      return with_queue(pc.queue, pc.config, [&](JobQueue& q) -> Task<int> {
         auto n = co_await q.purge(older_than);
         if (pc.json) std::cout << json::serialize(json::object{{"purged", n}}) << "\n";
         else std::printf("purged %lld job(s)\n", (long long)n);
@@ -388,7 +402,7 @@ int run(int argc, char** argv, worker::FlowRegistry flows) {
         std::fprintf(stderr, "penguiflow cancel: --tenant is required (cancelling is scoped to a tenant)\n");
         return 2;
       }
-      return with_queue(cc.queue, [&](JobQueue& q) -> Task<int> {
+      return with_queue(cc.queue, cc.config, [&](JobQueue& q) -> Task<int> {
         bool ok = co_await q.cancel(cancel_id, cc.tenant);
         if (cc.json) std::cout << json::serialize(json::object{{"cancelled", ok}}) << "\n";
         else std::printf(ok ? "cancelled %s\n" : "no queued or running job %s for tenant\n", cancel_id.c_str());

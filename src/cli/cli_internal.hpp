@@ -23,5 +23,8 @@ int run_demo(const DemoOptions& options, worker::FlowRegistry flows);
 /// Opens `url` on a private event loop, runs fn, closes. Prints the error and returns 1
 /// when opening or fn fails.
 int with_queue(const std::string& url, const std::function<queue::Task<int>(queue::JobQueue&)>& fn);
+/// The same with a queue config (namespace).
+int with_queue(const std::string& url, const queue::QueueConfig& config,
+               const std::function<queue::Task<int>(queue::JobQueue&)>& fn);
 
 }  // namespace penguiflow::cli
