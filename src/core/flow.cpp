@@ -321,8 +321,31 @@ Task<void> FlowImpl::push_sink(Item item) {
   }
 }
 
-// Sends one item to each target (copies for all but the last); nullptr target = sink.
-Task<void> FlowImpl::deliver(NodeRuntime* from, std::vector<NodeRuntime*> targets, Item item) {
+// The hot path of every hop: hands `item` to each target in order (a copy for all but the
+// last; nullptr = the sink) without suspending and without allocating. Stops at the first
+// full queue and returns its index: `item` then still holds the value for that target and
+// the ones after it, for deliver(). Returns targets.size() when done, or when the trace was
+// cancelled (nothing more is sent for it).
+std::size_t FlowImpl::try_deliver(NodeRuntime* from, std::span<NodeRuntime* const> targets, Item& item) {
+  item.source = from;
+  for (std::size_t i = 0; i < targets.size(); ++i) {
+    if (item.trace && item.trace->cancelled) return targets.size();
+    NodeRuntime* t = targets[i];
+    bool sent;
+    if (i + 1 == targets.size()) {
+      sent = t ? try_push(*t, item) : try_push_sink(item);  // moves only when sent
+    } else {
+      Item copy = item;
+      sent = t ? try_push(*t, copy) : try_push_sink(copy);
+    }
+    if (!sent) return i;
+  }
+  return targets.size();
+}
+
+// Sends one item to each target (copies for all but the last), waiting while a queue is
+// full; nullptr target = sink. `targets` must outlive the call (the caller co_awaits it).
+Task<void> FlowImpl::deliver(NodeRuntime* from, std::span<NodeRuntime* const> targets, Item item) {
   item.source = from;
   for (std::size_t i = 0; i < targets.size(); ++i) {
     Item it = i + 1 == targets.size() ? std::move(item) : item;
@@ -370,10 +393,13 @@ std::vector<NodeRuntime*> FlowImpl::successors_for(NodeRuntime& n, const Targets
 Task<void> FlowImpl::emit(std::any msg, std::string trace_id, Targets to) {
   check_running("emit");
   auto self = shared_from_this();
-  auto targets = resolve_targets(to, "emit");
+  std::vector<NodeRuntime*> named;  // only when targets are named: ingress_ needs no copy
+  if (!to.empty()) named = resolve_targets(to, "emit");
+  std::span<NodeRuntime* const> targets = to.empty() ? std::span<NodeRuntime* const>(ingress_) : named;
   Item item{std::move(msg), {}, nullptr};
   item.trace = stamp(item.value, std::move(trace_id));
-  co_await deliver(nullptr, std::move(targets), std::move(item));
+  if (auto sent = try_deliver(nullptr, targets, item); sent < targets.size())
+    co_await deliver(nullptr, targets.subspan(sent), std::move(item));
 }
 
 void FlowImpl::emit_nowait(std::any msg, std::string trace_id, Targets to) {
@@ -394,7 +420,9 @@ Task<void> FlowImpl::node_emit(NodeRuntime& n, TraceState* current, std::any msg
   Item item{std::move(msg), {}, nullptr};
   if (auto* m = std::any_cast<Message>(&item.value); m && !m->trace_id.empty()) item.trace = trace_for(m->trace_id);
   else item.trace = TraceRef(current);
-  co_await deliver(&n, std::move(targets), std::move(item));
+  std::span<NodeRuntime* const> all(targets);
+  if (auto sent = try_deliver(&n, all, item); sent < all.size())
+    co_await deliver(&n, all.subspan(sent), std::move(item));
 }
 
 void FlowImpl::node_emit_nowait(NodeRuntime& n, TraceState* current, std::any msg, const Targets& to) {
@@ -495,6 +523,9 @@ Task<std::any> FlowImpl::call(std::any msg, std::string trace_id) {
 
 // ---------------------------------------------------------------- node workers
 
+// One per node (C4, C5, C9, C10): waits on the inbox, then runs each message through the
+// node with its policy and hands the result on. The per-message steps run in this frame,
+// not in a callee coroutine: each coroutine call costs a frame allocation per message.
 Task<void> FlowImpl::worker(NodeRuntime& n) {
   for (;;) {
     if (stopping_) co_return;
@@ -511,7 +542,136 @@ Task<void> FlowImpl::worker(NodeRuntime& n) {
       }
       continue;
     }
-    co_await process(n, pop(n.inbox));
+    Item item = pop(n.inbox);
+    TraceState* t = item.trace.get();
+    if (t && t->cancelled) continue;
+    if (auto* m = std::any_cast<Message>(&item.value); m && m->deadline_s && wall_now() > *m->deadline_s) {
+      // C9: skip, record, and tell the trace's reader why nothing else is coming.
+      if (listening()) publish(make_event(EventType::deadline_skip, &n, t));
+      Item answer{m->with_payload(FinalAnswer{"Deadline exceeded"}), item.trace, &n};
+      bool aborted = false;
+      try {
+        if (!try_push_sink(answer)) co_await push_sink(std::move(answer));
+      } catch (...) {
+        aborted = true;  // stopped, or the trace was cancelled while the sink was full
+      }
+      if (aborted && !stopping_) co_await asio::this_coro::reset_cancellation_state();
+      continue;
+    }
+
+    const NodeSpec& spec = *n.spec;
+    const NodePolicy& policy = spec.options.policy;
+    const int max_attempts = std::max(1, policy.max_retries + 1);
+    if (t) ++t->inflight;
+    n.busy = true;
+    n.current = t;
+    Context ctx(this, &n, t);
+    auto interrupted = [&] { return stopping_ || (t && t->cancelled); };
+
+    try {
+      for (int attempt = 0;; ++attempt) {
+        const bool last = attempt + 1 >= max_attempts;
+        std::any input = last ? std::move(item.value) : item.value;
+        if (listening()) publish(make_event(EventType::node_start, &n, t, attempt));
+        const double t0 = mono_ms();
+        std::exception_ptr error;
+        bool timed_out = false;
+        NodeOutput out;
+        try {
+          if (policy.timeout_s) {
+            auto r = co_await attempt_with_timeout(n, input, ctx, *policy.timeout_s);
+            if (r) out = std::move(*r);
+            else timed_out = true;
+          } else {
+            out = co_await spec.invoke(input, ctx);
+          }
+        } catch (...) {
+          error = std::current_exception();
+        }
+        // Only failures and listeners need the latency: spare the clock read on the hot path.
+        const double latency = (error || timed_out || listening()) ? mono_ms() - t0 : 0.0;
+        if (interrupted()) break;
+
+        if (!error && !timed_out) {
+          if (listening()) {
+            auto ev = make_event(EventType::node_success, &n, t, attempt);
+            ev.latency_ms = latency;
+            publish(std::move(ev));
+          }
+          if (out) {
+            // Named locals: g++ 12 miscompiles braced temporaries inside co_await.
+            Item next{std::move(*out), item.trace, &n};
+            static NodeRuntime* const kSink[1] = {nullptr};
+            std::span<NodeRuntime* const> targets = n.successors.empty() ? std::span<NodeRuntime* const>(kSink)
+                                                                         : std::span<NodeRuntime* const>(n.successors);
+            if (auto sent = try_deliver(&n, targets, next); sent < targets.size())
+              co_await deliver(&n, targets.subspan(sent), std::move(next));
+          }
+          break;
+        }
+
+        std::string type;
+        std::string what = timed_out ? "attempt exceeded timeout of " + std::to_string(*policy.timeout_s) + " s"
+                                     : describe_exception(error, &type);
+        if (listening()) {
+          auto ev = make_event(timed_out ? EventType::node_timeout : EventType::node_error, &n, t, attempt);
+          ev.latency_ms = latency;
+          ev.extra["error"] = what;
+          publish(std::move(ev));
+        }
+        if (!last) {
+          double backoff = policy.backoff_for(attempt);
+          if (listening()) {
+            auto ev = make_event(EventType::node_retry, &n, t, attempt);
+            ev.extra["backoff_s"] = backoff;
+            publish(std::move(ev));
+          }
+          if (backoff > 0) {
+            asio::steady_timer timer(*ex_, std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                               std::chrono::duration<double>(backoff)));
+            co_await timer.async_wait(asio::use_awaitable);
+          }
+          continue;
+        }
+        FlowError fe{t ? t->id : std::string(), spec.name, spec.id,
+                     timed_out ? FlowErrorCode::node_timeout
+                               : (is_validation(error) ? FlowErrorCode::validation_error : FlowErrorCode::node_exception),
+                     what, type, attempt + 1, latency};
+        if (listening()) {
+          auto ev = make_event(EventType::node_failed, &n, t, attempt);
+          ev.latency_ms = latency;
+          ev.extra["error"] = what;
+          ev.extra["code"] = to_string(fe.code);
+          publish(std::move(ev));
+        }
+        if (log_enabled(LogLevel::warn)) {
+          auto j = fe.to_json().as_object();
+          j["flow"] = options_.name;
+          log_record(LogLevel::warn, "node_failed", j);
+        }
+        if (options_.emit_errors_to_rookery && t) {
+          Item err_item{std::move(fe), item.trace, &n};
+          if (!try_push_sink(err_item)) co_await push_sink(std::move(err_item));
+        }
+        break;
+      }
+    } catch (...) {
+      // Only cancellation (trace cancel, stop) or a stop while waiting reaches here.
+      if (!interrupted()) {
+        log_record(LogLevel::error, "node_unexpected_error",
+                   {{"flow", options_.name}, {"node", spec.name}, {"error", describe_exception(std::current_exception())}});
+      }
+    }
+    if (t && t->cancelled && !stopping_) {
+      if (listening()) publish(make_event(EventType::node_trace_cancelled, &n, t));
+    }
+    if (!stopping_) co_await asio::this_coro::reset_cancellation_state();
+    n.busy = false;
+    n.current = nullptr;
+    if (t) {
+      --t->inflight;
+      finish_if_cancelled(t);
+    }
   }
 }
 
@@ -558,134 +718,6 @@ void FlowImpl::publish(FlowEvent&& ev) {
     } catch (...) {
       log_record(LogLevel::warn, "middleware_error", {{"flow", options_.name}, {"event", to_string(ev.type)}});
     }
-  }
-}
-
-Task<void> FlowImpl::process(NodeRuntime& n, Item item) {
-  TraceState* t = item.trace.get();
-  if (t && t->cancelled) co_return;
-  if (auto* m = std::any_cast<Message>(&item.value); m && m->deadline_s && wall_now() > *m->deadline_s) {
-    // C9: skip, record, and tell the trace's reader why nothing else is coming.
-    if (listening()) publish(make_event(EventType::deadline_skip, &n, t));
-    Item answer{m->with_payload(FinalAnswer{"Deadline exceeded"}), item.trace, &n};
-    bool aborted = false;
-    try {
-      if (!try_push_sink(answer)) co_await push_sink(std::move(answer));
-    } catch (...) {
-      aborted = true;  // stopped, or the trace was cancelled while the sink was full
-    }
-    if (aborted && !stopping_) co_await asio::this_coro::reset_cancellation_state();
-    co_return;
-  }
-
-  const NodeSpec& spec = *n.spec;
-  const NodePolicy& policy = spec.options.policy;
-  const int max_attempts = std::max(1, policy.max_retries + 1);
-  if (t) ++t->inflight;
-  n.busy = true;
-  n.current = t;
-  Context ctx(this, &n, t);
-  auto interrupted = [&] { return stopping_ || (t && t->cancelled); };
-
-  try {
-    for (int attempt = 0;; ++attempt) {
-      const bool last = attempt + 1 >= max_attempts;
-      std::any input = last ? std::move(item.value) : item.value;
-      if (listening()) publish(make_event(EventType::node_start, &n, t, attempt));
-      const double t0 = mono_ms();
-      std::exception_ptr error;
-      bool timed_out = false;
-      NodeOutput out;
-      try {
-        if (policy.timeout_s) {
-          auto r = co_await attempt_with_timeout(n, input, ctx, *policy.timeout_s);
-          if (r) out = std::move(*r);
-          else timed_out = true;
-        } else {
-          out = co_await spec.invoke(input, ctx);
-        }
-      } catch (...) {
-        error = std::current_exception();
-      }
-      const double latency = mono_ms() - t0;
-      if (interrupted()) break;
-
-      if (!error && !timed_out) {
-        if (listening()) {
-          auto ev = make_event(EventType::node_success, &n, t, attempt);
-          ev.latency_ms = latency;
-          publish(std::move(ev));
-        }
-        if (out) {
-          // Named locals: g++ 12 miscompiles braced temporaries inside co_await.
-          Item next{std::move(*out), item.trace, &n};
-          auto targets = n.successors.empty() ? std::vector<NodeRuntime*>{nullptr} : n.successors;
-          co_await deliver(&n, std::move(targets), std::move(next));
-        }
-        break;
-      }
-
-      std::string type;
-      std::string what = timed_out ? "attempt exceeded timeout of " + std::to_string(*policy.timeout_s) + " s"
-                                   : describe_exception(error, &type);
-      if (listening()) {
-        auto ev = make_event(timed_out ? EventType::node_timeout : EventType::node_error, &n, t, attempt);
-        ev.latency_ms = latency;
-        ev.extra["error"] = what;
-        publish(std::move(ev));
-      }
-      if (!last) {
-        double backoff = policy.backoff_for(attempt);
-        if (listening()) {
-          auto ev = make_event(EventType::node_retry, &n, t, attempt);
-          ev.extra["backoff_s"] = backoff;
-          publish(std::move(ev));
-        }
-        if (backoff > 0) {
-          asio::steady_timer timer(*ex_, std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                                             std::chrono::duration<double>(backoff)));
-          co_await timer.async_wait(asio::use_awaitable);
-        }
-        continue;
-      }
-      FlowError fe{t ? t->id : std::string(), spec.name, spec.id,
-                   timed_out ? FlowErrorCode::node_timeout
-                             : (is_validation(error) ? FlowErrorCode::validation_error : FlowErrorCode::node_exception),
-                   what, type, attempt + 1, latency};
-      if (listening()) {
-        auto ev = make_event(EventType::node_failed, &n, t, attempt);
-        ev.latency_ms = latency;
-        ev.extra["error"] = what;
-        ev.extra["code"] = to_string(fe.code);
-        publish(std::move(ev));
-      }
-      if (log_enabled(LogLevel::warn)) {
-        auto j = fe.to_json().as_object();
-        j["flow"] = options_.name;
-        log_record(LogLevel::warn, "node_failed", j);
-      }
-      if (options_.emit_errors_to_rookery && t) {
-        Item err_item{std::move(fe), item.trace, &n};
-        if (!try_push_sink(err_item)) co_await push_sink(std::move(err_item));
-      }
-      break;
-    }
-  } catch (...) {
-    // Only cancellation (trace cancel, stop) or a stop while waiting reaches here.
-    if (!interrupted()) {
-      log_record(LogLevel::error, "node_unexpected_error",
-                 {{"flow", options_.name}, {"node", spec.name}, {"error", describe_exception(std::current_exception())}});
-    }
-  }
-  if (t && t->cancelled && !stopping_) {
-    if (listening()) publish(make_event(EventType::node_trace_cancelled, &n, t));
-  }
-  if (!stopping_) co_await asio::this_coro::reset_cancellation_state();
-  n.busy = false;
-  n.current = nullptr;
-  if (t) {
-    --t->inflight;
-    finish_if_cancelled(t);
   }
 }
 

@@ -8,6 +8,7 @@
 #include <boost/asio/cancellation_signal.hpp>
 
 #include <deque>
+#include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -124,7 +125,6 @@ class FlowImpl : public std::enable_shared_from_this<FlowImpl> {
 
  private:
   Task<void> worker(NodeRuntime& n);
-  Task<void> process(NodeRuntime& n, Item item);
   Task<std::optional<NodeOutput>> attempt_with_timeout(NodeRuntime& n, std::any& input, Context& ctx, double timeout_s);
 
   TraceRef trace_for(std::string_view id);
@@ -137,7 +137,8 @@ class FlowImpl : public std::enable_shared_from_this<FlowImpl> {
   Task<void> push(NodeRuntime& n, Item item);
   bool try_push_sink(Item& item);
   Task<void> push_sink(Item item);
-  Task<void> deliver(NodeRuntime* from, std::vector<NodeRuntime*> targets, Item item);
+  std::size_t try_deliver(NodeRuntime* from, std::span<NodeRuntime* const> targets, Item& item);
+  Task<void> deliver(NodeRuntime* from, std::span<NodeRuntime* const> targets, Item item);
   Item pop(ItemQueue& q);
 
   bool listening() const { return !options_.middlewares.empty(); }
