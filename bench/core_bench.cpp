@@ -25,6 +25,9 @@
 //                        std::deque<std::any> (capacity 64, int payloads), each side
 //                        parking in a one-slot waiter resumed with asio::post (as the
 //                        flow's WaitQueue does). No node call, no trace bookkeeping.
+//   baseline_call        baseline_handoff whose 3 relays also co_await an identity
+//                        coroutine `Task<std::any> f(std::any m) { co_return m; }` per
+//                        message: the least a node invocation costs
 //   roundtrip_seq        sequential emit(msg, trace)/fetch(trace) on the 3-node chain,
 //                        Message built before the timer, unique trace per round trip
 //   roundtrip_conc       100 concurrent client tasks x per-task round trips
@@ -103,7 +106,7 @@ constexpr int kQueueMaxsize = 64;
 constexpr int kChainHops = 4;  // emit -> n0 -> n1 -> n2 -> sink
 
 const std::vector<std::string> kCases = {
-    "throughput_dict",     "throughput_message",   "throughput_int", "baseline_handoff",
+    "throughput_dict",     "throughput_message",   "throughput_int", "baseline_handoff", "baseline_call",
     "roundtrip_seq",       "roundtrip_conc",       "job_worker",     "policy_dict_none",
     "policy_dict_retry",   "policy_message_none",  "policy_message_retry",
     "idle_flow",           "rss_10m"};
@@ -303,6 +306,22 @@ Task<void> base_relay(Edge& in, Edge& out, long n) {
   }
 }
 
+Task<std::any> base_identity(std::any m) { co_return m; }
+
+// base_relay plus the least a node invocation costs: one co_await of an identity coroutine.
+Task<void> base_relay_call(Edge& in, Edge& out, long n) {
+  for (long i = 0; i < n; ++i) {
+    while (in.q.empty()) co_await in.readers.wait();
+    std::any v = std::move(in.q.front());
+    in.q.pop_front();
+    in.writers.notify();
+    std::any r = co_await base_identity(std::move(v));
+    while (out.full()) co_await out.writers.wait();
+    out.q.push_back(std::move(r));
+    out.readers.notify();
+  }
+}
+
 Task<void> base_consumer(Edge& in, long n, long& received) {
   for (long i = 0; i < n; ++i) {
     while (in.q.empty()) co_await in.readers.wait();
@@ -313,24 +332,25 @@ Task<void> base_consumer(Edge& in, long n, long& received) {
   }
 }
 
-Task<double> baseline_run(long n) {
+Task<double> baseline_run(long n, bool call) {
   using namespace asio::experimental::awaitable_operators;
   auto ex = co_await asio::this_coro::executor;
   std::vector<Edge> e(kChainHops);
   for (auto& edge : e) edge.readers.ex = edge.writers.ex = ex;
   long received = 0;
+  auto relay = call ? base_relay_call : base_relay;
   auto t0 = Clock::now();
-  co_await (base_producer(e[0], n) && base_relay(e[0], e[1], n) && base_relay(e[1], e[2], n) &&
-            base_relay(e[2], e[3], n) && base_consumer(e[3], n, received));
+  co_await (base_producer(e[0], n) && relay(e[0], e[1], n) && relay(e[1], e[2], n) && relay(e[2], e[3], n) &&
+            base_consumer(e[3], n, received));
   double elapsed = seconds_since(t0);
   if (received != n) throw std::runtime_error("baseline received " + std::to_string(received));
   co_return elapsed;
 }
 
-json::object case_baseline(const Sizes& sz) {
+json::object case_baseline(const Sizes& sz, bool call) {
   asio::io_context io(1);
   const long n = sz.throughput;
-  double elapsed = run_on(io, baseline_run(n));
+  double elapsed = run_on(io, baseline_run(n, call));
   return {{"n", n},
           {"elapsed_s", elapsed},
           {"msgs_per_s", static_cast<double>(n) / elapsed},
@@ -635,7 +655,8 @@ json::object run_child(const std::string& c, const Sizes& sz) {
   if (c == "throughput_dict") return case_throughput(sz, "dict");
   if (c == "throughput_message") return case_throughput(sz, "message");
   if (c == "throughput_int") return case_throughput(sz, "int");
-  if (c == "baseline_handoff") return case_baseline(sz);
+  if (c == "baseline_handoff") return case_baseline(sz, false);
+  if (c == "baseline_call") return case_baseline(sz, true);
   if (c == "idle_flow") return case_idle_flow(sz);
   if (c == "rss_10m") return case_rss(sz);
   if (c.starts_with("policy_")) {
@@ -753,6 +774,7 @@ std::string pad(std::string s, std::size_t w) {
 const std::map<std::string, std::pair<std::string, std::string>> kMetric = {
     {"throughput_dict", {"msgs_per_s", "msgs/s"}},     {"throughput_message", {"msgs_per_s", "msgs/s"}},
     {"throughput_int", {"msgs_per_s", "msgs/s"}},      {"baseline_handoff", {"msgs_per_s", "msgs/s"}},
+    {"baseline_call", {"msgs_per_s", "msgs/s"}},
     {"roundtrip_seq", {"roundtrips_per_s", "roundtrips/s"}},
     {"roundtrip_conc", {"roundtrips_per_s", "roundtrips/s"}},
     {"job_worker", {"jobs_per_s", "jobs/s"}},          {"policy_dict_none", {"msgs_per_s", "msgs/s"}},
@@ -797,13 +819,16 @@ std::string summarize(const std::vector<json::object>& results, const json::obje
     o << "Message(payload, headers) construction alone (outside the flow): " << fmt_range(field(msg, "message_build_per_s"))
       << " objects/s\n";
   std::map<std::string, std::vector<double>> hop;
-  for (auto c : {"throughput_dict", "throughput_message", "throughput_int", "baseline_handoff"})
+  for (auto c : {"throughput_dict", "throughput_message", "throughput_int", "baseline_handoff", "baseline_call"})
     hop[c] = field(of(c, true), "hop_ns");
   for (auto& [c, v] : hop)
     if (!v.empty()) o << "per hop (elapsed / n / " << kChainHops << " edges), " << pad(c, 19) << ": " << fmt_range(v, 1) << " ns\n";
   if (!hop["throughput_int"].empty() && !hop["baseline_handoff"].empty())
     o << "hop through a flow edge vs plain hand-off (int payloads): "
       << fmt_num(median(hop["throughput_int"]) / median(hop["baseline_handoff"]), 2) << "x (target <= 3x)\n";
+  if (!hop["throughput_int"].empty() && !hop["baseline_call"].empty())
+    o << "hop through a flow edge vs hand-off + one identity co_await per node (int payloads): "
+      << fmt_num(median(hop["throughput_int"]) / median(hop["baseline_call"]), 2) << "x\n";
   for (auto kind : {"dict", "message"}) {
     auto a = field(of(std::string("policy_") + kind + "_none", true), "msgs_per_s");
     auto b = field(of(std::string("policy_") + kind + "_retry", true), "msgs_per_s");

@@ -43,7 +43,7 @@ SHARED_CASES = [
     "policy_message_none",
     "policy_message_retry",
 ]
-CPP_ONLY = ["throughput_int", "baseline_handoff", "idle_flow", "rss_10m"]
+CPP_ONLY = ["throughput_int", "baseline_handoff", "baseline_call", "idle_flow", "rss_10m"]
 RATE = {
     "throughput_dict": "msgs_per_s",
     "throughput_message": "msgs_per_s",
@@ -200,7 +200,9 @@ def main() -> int:
         lines.append(f"{name:54} | {shown:>12} | {op + ' ' + format(lim, ',.0f') + unit:>10} | "
                      f"{'-' if ok is None else 'met' if ok else 'MISSED'}")
     lines.append("")
+    hop_call = med(cpp, "baseline_call", "hop_ns")
     lines.append(f"per hop: flow edge (int) {hop_int or float('nan'):.1f} ns, plain hand-off {hop_base or float('nan'):.1f} ns, "
+                 f"hand-off + identity co_await per node {hop_call or float('nan'):.1f} ns, "
                  f"flow edge (dict) {med(cpp, 'throughput_dict', 'hop_ns') or float('nan'):.1f} ns, "
                  f"flow edge (Message) {med(cpp, 'throughput_message', 'hop_ns') or float('nan'):.1f} ns")
     for r in cpp:
