@@ -646,9 +646,11 @@ int Worker::run() {
   asio::io_context signals_io(1);
   std::optional<asio::signal_set> signals;
   std::thread signal_thread;
+  // Outlives the wait it re-arms (declared outside the if: the handler refers to it).
+  std::function<void(boost::system::error_code, int)> on_signal;
   if (st.opts.handle_signals) {
     signals.emplace(signals_io, SIGINT, SIGTERM);
-    std::function<void(boost::system::error_code, int)> on_signal = [&](boost::system::error_code ec, int sig) {
+    on_signal = [&](boost::system::error_code ec, int sig) {
       if (ec) return;
       log_record(LogLevel::info, "shutdown_requested", {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"}, {"worker_id", st.opts.worker_id}});
       st.request_stop();
