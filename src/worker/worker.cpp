@@ -178,7 +178,9 @@ struct LiveFlow {
 
 class Shard : public std::enable_shared_from_this<Shard> {
  public:
-  Shard(Worker::State& st, int index) : st_(st), opts_(st.opts), index_(index), wake_(io_.get_executor()) {}
+  Shard(Worker::State& st, int index)
+      : st_(st), opts_(st.opts), index_(index), wake_(io_.get_executor()), housekeeping_(io_.get_executor()),
+        gauges_(io_.get_executor()) {}
 
   asio::io_context& io() { return io_; }
 
@@ -221,6 +223,8 @@ class Shard : public std::enable_shared_from_this<Shard> {
   int index_;
   asio::io_context io_{1};
   Wakeup wake_;
+  Wakeup housekeeping_;  // heartbeat ticks; notified at the end so the loop can exit at once
+  Wakeup gauges_;
   std::unique_ptr<JobQueue> queue_;
   bool stopping_ = false;
   bool done_ = false;
@@ -366,6 +370,8 @@ Task<void> Shard::main() {
     while (inflight_ > 0 && mono_s() < hard) co_await wake_.wait_for(0.01);
   }
   done_ = true;
+  housekeeping_.notify();
+  gauges_.notify();
   for (auto& [_, lf] : live_) co_await lf->flow->stop();
   live_.clear();
   co_await queue_->close();
@@ -373,10 +379,9 @@ Task<void> Shard::main() {
 
 Task<void> Shard::heartbeats() {
   const double every = std::max(0.05, opts_.lease_s / 3);
-  asio::steady_timer timer(co_await asio::this_coro::executor);
+  Wakeup& timer = housekeeping_;
   while (!done_) {
-    timer.expires_after(seconds(std::min(every, 0.5)));
-    co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    co_await timer.wait_for(std::min(every, 0.5));
     if (done_) break;
     std::vector<std::shared_ptr<InFlight>> due;
     double now = mono_s();
@@ -399,7 +404,7 @@ Task<void> Shard::heartbeats() {
 }
 
 Task<void> Shard::refresh_gauges() {
-  asio::steady_timer timer(co_await asio::this_coro::executor);
+  Wakeup& timer = gauges_;
   auto& reg = *opts_.metrics;
   while (!done_) {
     try {
@@ -417,8 +422,7 @@ Task<void> Shard::refresh_gauges() {
       log_record(LogLevel::debug, "gauge_refresh_failed", {{"error", e.what()}});
     }
     reg.gauge("penguiflow_jobs_in_flight", "Jobs being processed by this worker").set(double(st_.in_flight.load()));
-    timer.expires_after(std::chrono::seconds(2));
-    co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    co_await timer.wait_for(2.0);
   }
 }
 
@@ -514,6 +518,9 @@ Task<RunResult> Shard::execute(InFlight& f, const FlowEntry& entry) {
       result.reason = std::string("flow error: ") + e.what();
       result.unexpected = true;
     }
+    // A cancellation (hand-back at shutdown, lost lease) may also surface as the timer
+    // branch winning in await_result; the cancellation state tells.
+    if ((co_await asio::this_coro::cancellation_state).cancelled() != asio::cancellation_type::none) interrupted = true;
     if (interrupted) {
       co_await asio::this_coro::reset_cancellation_state();
       result.kind = RunResult::interrupted;
