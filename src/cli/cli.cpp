@@ -127,6 +127,7 @@ LoggingOptions logging_from(const std::string& format, const std::string& level)
 int run(int argc, char** argv, worker::FlowRegistry flows) {
   CLI::App app{"penguiflow: run PenguiFlow flows as jobs from a queue (SQLite, PostgreSQL, Redis)"};
   app.require_subcommand(1);
+  app.fallthrough();  // --log-format / --log-level also after the subcommand
   app.set_version_flag("--version", "penguiflow 0.1.0");
   std::string log_format = "text", log_level = "info";
   app.add_option("--log-format", log_format, "Log records as json or text")->envname("PENGUIFLOW_LOG_FORMAT")->capture_default_str();
