@@ -530,13 +530,11 @@ Task<void> FlowImpl::worker(NodeRuntime& n) {
   for (;;) {
     if (stopping_) co_return;
     if (n.inbox.items.empty()) {
-      bool aborted = false;
-      try {
-        co_await n.inbox.readers.wait();
-      } catch (const boost::system::system_error&) {
-        aborted = true;
-      }
-      if (aborted) {
+      // Every stop() cancels this wait: take it as an error code, not an exception
+      // (unwinding one through the awaitable frames cost ~40% of a flow-per-job run).
+      error_code ec;
+      co_await n.inbox.readers.wait(ec);
+      if (ec) {
         if (stopping_) co_return;
         co_await asio::this_coro::reset_cancellation_state();
       }

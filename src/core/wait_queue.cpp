@@ -5,6 +5,7 @@
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/error.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 namespace penguiflow::detail {
@@ -25,21 +26,30 @@ WaitQueue::~WaitQueue() {
   notify_all();
 }
 
+template <class Handler>
+void WaitQueue::enqueue(Handler handler) {
+  auto slot = asio::get_associated_cancellation_slot(handler);
+  auto ex = asio::get_associated_executor(handler);
+  auto it = waiters_.emplace(waiters_.end(), Waiter{std::move(handler), std::move(ex), slot});
+  if (slot.is_connected()) {
+    slot.assign([this, it](asio::cancellation_type) {
+      Waiter w = std::move(*it);
+      waiters_.erase(it);
+      complete(std::move(w), asio::error::operation_aborted);
+    });
+  }
+}
+
 asio::awaitable<void> WaitQueue::wait() {
   return asio::async_initiate<const asio::use_awaitable_t<>, void(error_code)>(
-      [this](auto handler) {
-        auto slot = asio::get_associated_cancellation_slot(handler);
-        auto ex = asio::get_associated_executor(handler);
-        auto it = waiters_.emplace(waiters_.end(), Waiter{std::move(handler), std::move(ex), slot});
-        if (slot.is_connected()) {
-          slot.assign([this, it](asio::cancellation_type) {
-            Waiter w = std::move(*it);
-            waiters_.erase(it);
-            complete(std::move(w), asio::error::operation_aborted);
-          });
-        }
-      },
-      asio::use_awaitable);
+      [this](auto handler) { enqueue(std::move(handler)); }, asio::use_awaitable);
+}
+
+asio::awaitable<void> WaitQueue::wait(error_code& ec) {
+  ec = {};
+  auto token = asio::redirect_error(asio::use_awaitable, ec);
+  return asio::async_initiate<decltype(token), void(error_code)>(
+      [this](auto handler) { enqueue(std::move(handler)); }, token);
 }
 
 void WaitQueue::notify_one() {

@@ -22,6 +22,10 @@ class WaitQueue {
 
   /// Suspends until notified or cancelled. Resumption is posted (never inline).
   boost::asio::awaitable<void> wait();
+  /// Like wait(), but a cancelled wait sets `ec` (operation_aborted) instead of throwing:
+  /// for waits that are cancelled routinely (node workers at stop()), where unwinding an
+  /// exception through the awaitable frames costs microseconds.
+  boost::asio::awaitable<void> wait(boost::system::error_code& ec);
   void notify_one();
   void notify_all();
   bool empty() const { return waiters_.empty(); }
@@ -33,6 +37,8 @@ class WaitQueue {
     boost::asio::cancellation_slot slot;    // cleared before completion
   };
   static void complete(Waiter w, boost::system::error_code ec);
+  template <class Handler>
+  void enqueue(Handler handler);
   std::list<Waiter> waiters_;
 };
 
