@@ -254,16 +254,15 @@ int run(int argc, char** argv, worker::FlowRegistry flows) {
       std::unique_ptr<observe::MetricsServer> server;
       asio::io_context http_io(1);
       std::thread http_thread;
-      std::atomic<bool> healthy{true};
+
       if (!metrics_addr.empty()) {
         server = std::make_unique<observe::MetricsServer>(http_io.get_executor(), metrics_addr, registry,
-                                                          [&] { return healthy.load(); });
+                                                          [&] { return !w.stop_requested(); });  // 503 while draining
         server->start();
         log_record(LogLevel::info, "metrics_listening", {{"address", metrics_addr}, {"port", server->port()}});
         http_thread = std::thread([&] { http_io.run(); });
       }
       int code = w.run();
-      healthy = false;
       if (server) {
         asio::post(http_io, [&] { server->stop(); });
         http_io.stop();

@@ -628,6 +628,7 @@ Worker::Worker(FlowRegistry flows, WorkerOptions options) : state_(std::make_sha
 Worker::~Worker() = default;
 
 void Worker::request_stop() { state_->request_stop(); }
+bool Worker::stop_requested() const { return state_->stop_requested.load(); }
 const std::string& Worker::worker_id() const { return state_->opts.worker_id; }
 std::string Worker::last_error() const {
   std::lock_guard l(state_->err_mu);

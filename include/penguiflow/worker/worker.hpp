@@ -134,6 +134,8 @@ class Worker {
   int run();
   /// Thread- and signal-safe: stop fetching, drain, hand back what is left.
   void request_stop();
+  /// True from the moment a stop was requested (signal, request_stop, exit_when_empty).
+  bool stop_requested() const;
   WorkerStats stats() const;
   const std::string& worker_id() const;
   std::string last_error() const;
