@@ -5,12 +5,11 @@
 // envelope whose payload is JSON, as a job payload would be; the first node decodes it
 // into a Boost.Describe'd struct, so a malformed payload fails with an error that names
 // the field. Results are read per trace (C8), and converted back to JSON at the edge.
+#include "example_main.hpp"
+
 #include <penguiflow/examples/flows.hpp>
 #include <penguiflow/penguiflow.hpp>
 
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
-#include <boost/asio/io_context.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/json.hpp>
 
@@ -55,16 +54,4 @@ Task<int> run() {
   co_return failures;
 }
 
-int main() {
-  asio::io_context io;
-  int failures = -1;
-  asio::co_spawn(io, run(), [&](std::exception_ptr e, int n) {
-    if (e) {
-      try { std::rethrow_exception(e); } catch (const std::exception& ex) { std::cerr << "error: " << ex.what() << "\n"; }
-    }
-    failures = e ? 1 : n;
-  });
-  io.run();
-  std::cout << (failures == 0 ? "quickstart: OK" : "quickstart: FAILED") << "\n";
-  return failures == 0 ? 0 : 1;
-}
+int main() { return examples::run_example("quickstart", run); }

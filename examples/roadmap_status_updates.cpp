@@ -6,11 +6,11 @@
 // ends the trace with a FinalAnswer. Everything reaches the sink for the message's trace,
 // in causal order, with the FinalAnswer LAST: a consumer (here; in production, the job
 // worker forwarding to a websocket) reads the trace's items until the FinalAnswer.
+#include "example_main.hpp"
+
 #include <penguiflow/examples/flows.hpp>
 #include <penguiflow/penguiflow.hpp>
 
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/io_context.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/json.hpp>
 
@@ -62,16 +62,4 @@ Task<int> run() {
   co_return problems;
 }
 
-int main() {
-  asio::io_context io;
-  int problems = -1;
-  asio::co_spawn(io, run(), [&](std::exception_ptr e, int n) {
-    if (e) {
-      try { std::rethrow_exception(e); } catch (const std::exception& ex) { std::cerr << "error: " << ex.what() << "\n"; }
-    }
-    problems = e ? 1 : n;
-  });
-  io.run();
-  std::cout << (problems == 0 ? "roadmap_status_updates: OK" : "roadmap_status_updates: FAILED") << "\n";
-  return problems == 0 ? 0 : 1;
-}
+int main() { return examples::run_example("roadmap_status_updates", run); }
