@@ -76,18 +76,20 @@ void TraceRef::reset() {
 
 FlowImpl::FlowImpl(std::vector<Adjacency> adjacency, FlowOptions options) : options_(std::move(options)) {
   if (adjacency.empty()) throw FlowUsageError("a flow needs at least one node");
-  std::unordered_map<const NodeSpec*, NodeRuntime*> by_spec;
-  std::unordered_map<std::string, const NodeSpec*> by_name;
+  // Linear scans instead of hash maps: flows have tens of nodes, and the stateless worker
+  // pattern builds one flow per job, so construction is on the hot path (O(nodes x edges)
+  // is ~1 ms even for a thousand nodes).
   auto add = [&](const std::shared_ptr<const NodeSpec>& spec) -> NodeRuntime* {
     if (!spec) throw FlowUsageError("flow '" + options_.name + "': null node in adjacency");
-    if (auto it = by_spec.find(spec.get()); it != by_spec.end()) return it->second;
-    if (auto [it, fresh] = by_name.emplace(spec->name, spec.get()); !fresh)
-      throw FlowUsageError("flow '" + options_.name + "': two different nodes are named '" + spec->name + "'");
+    if (NodeRuntime* known = find(spec.get())) return known;
+    for (auto& n : nodes_)
+      if (n->spec->name == spec->name)
+        throw FlowUsageError("flow '" + options_.name + "': two different nodes are named '" + spec->name + "'");
     auto rt = std::make_unique<NodeRuntime>();
     rt->spec = spec;
+    rt->index = nodes_.size();
     auto* p = rt.get();
     nodes_.push_back(std::move(rt));
-    by_spec.emplace(spec.get(), p);
     return p;
   };
   for (auto& adj : adjacency) {
@@ -103,11 +105,11 @@ FlowImpl::FlowImpl(std::vector<Adjacency> adjacency, FlowOptions options) : opti
   }
   // C1: reject cycles unless allowed (a node may allow its own self-loop).
   if (!options_.allow_cycles) {
-    enum Mark { white, grey, black };
-    std::unordered_map<NodeRuntime*, Mark> mark;
+    enum Mark : unsigned char { white, grey, black };
+    std::vector<Mark> mark(nodes_.size(), white);
     std::vector<NodeRuntime*> path;
-    std::function<void(NodeRuntime*)> dfs = [&](NodeRuntime* n) {
-      mark[n] = grey;
+    auto dfs = [&](auto& self, NodeRuntime* n) -> void {
+      mark[n->index] = grey;
       path.push_back(n);
       for (NodeRuntime* s : n->successors) {
         if (s == n) {
@@ -116,20 +118,20 @@ FlowImpl::FlowImpl(std::vector<Adjacency> adjacency, FlowOptions options) : opti
                              " (set NodeOptions::allow_cycle for a self-loop)");
           continue;
         }
-        if (mark[s] == grey) {
+        if (mark[s->index] == grey) {
           std::string names;
           auto it = std::find(path.begin(), path.end(), s);
           for (; it != path.end(); ++it) names += (*it)->spec->name + " -> ";
           throw CycleError("flow '" + options_.name + "': cycle " + names + s->spec->name +
                            " (set FlowOptions::allow_cycles to permit it)");
         }
-        if (mark[s] == white) dfs(s);
+        if (mark[s->index] == white) self(self, s);
       }
       path.pop_back();
-      mark[n] = black;
+      mark[n->index] = black;
     };
     for (auto& n : nodes_)
-      if (mark[n.get()] == white) dfs(n.get());
+      if (mark[n->index] == white) dfs(dfs, n.get());
   }
   std::size_t cap = options_.queue_maxsize > 0 ? static_cast<std::size_t>(options_.queue_maxsize) : 0;
   for (auto& n : nodes_) {
@@ -663,7 +665,10 @@ Task<void> FlowImpl::worker(NodeRuntime& n) {
     if (t && t->cancelled && !stopping_) {
       if (listening()) publish(make_event(EventType::node_trace_cancelled, &n, t));
     }
-    if (!stopping_) co_await asio::this_coro::reset_cancellation_state();
+    // A trace cancel leaves this worker's cancellation state set; clear it (only then:
+    // resetting on every message costs a slot re-registration).
+    if (!stopping_ && (co_await asio::this_coro::cancellation_state).cancelled() != asio::cancellation_type::none)
+      co_await asio::this_coro::reset_cancellation_state();
     n.busy = false;
     n.current = nullptr;
     if (t) {

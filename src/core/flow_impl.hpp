@@ -61,6 +61,7 @@ struct ItemQueue {
 
 struct NodeRuntime {
   std::shared_ptr<const NodeSpec> spec;
+  std::size_t index = 0;  // position in FlowImpl::nodes_
   std::vector<NodeRuntime*> successors;
   std::size_t predecessors = 0;
   ItemQueue inbox;
