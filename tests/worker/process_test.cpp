@@ -780,7 +780,7 @@ TEST_F(CliBasics, HelpOnEverySubcommandExitsZero) {
 
 // An idle worker at --concurrency 64 on SQLite: resident memory once it has settled
 // (target < 30 MiB; asserted only against a generous bound).
-TEST(W10_IdleWorker, ResidentMemoryAtConcurrency64OnSqlite) {
+TEST(IdleCost_Worker, ResidentMemoryAtConcurrency64OnSqlite) {
   TempDir dir("pf-idle.");
   const std::string url = "sqlite://" + dir.str("jobs.db");
   for (auto [bin, label] : {std::pair{kCliBin, "penguiflow"}, std::pair{kWorkerBin, "test_worker"}}) {
