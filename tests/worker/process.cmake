@@ -22,9 +22,3 @@ if(TARGET penguiflow_queue_redis)
   target_compile_definitions(worker_process_test PRIVATE PF_HAVE_REDIS)
 endif()
 add_dependencies(worker_process_test test_worker penguiflow)
-
-# penguiflow_add_test hands LABELS to gtest_discover_tests, which (CMake 3.25) splits a
-# two-element list into `LABELS worker process`: only "worker" survives. Set both labels
-# on every discovered test after discovery (the tests file defines
-# worker_process_test_TESTS), so `ctest -L process` selects these tests.
-set_property(DIRECTORY APPEND PROPERTY TEST_INCLUDE_FILES ${CMAKE_CURRENT_LIST_DIR}/process_labels.cmake)
