@@ -19,7 +19,12 @@
 //                timeout demos.
 //
 // A failed node produces a FlowError (C5); pass FlowOptions{.emit_errors_to_rookery =
-// true} to have it reach fetch() as the trace's final item instead.
+// true} to have it reach fetch() as the trace's final item instead. So a reader of a
+// trace reads until an item carrying a FinalAnswer, the flow's typed result (quickstart,
+// flaky) or a FlowError, under its own time bound (without emit_errors_to_rookery a
+// failure produces nothing). A FlowError goes to the sink directly, so progress items
+// still in flight may follow it: cancel the trace once its final item is read, which
+// drops any leftovers (C10).
 //
 // Thread-safety: a factory may be called from any thread; the flow it returns is then
 // owned by, and must be run on, one executor (see Flow).
