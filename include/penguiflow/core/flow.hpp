@@ -56,7 +56,6 @@ class Context {
   const std::string& node_id() const;
   /// Trace of the message being processed ("" when it had none).
   const std::string& trace_id() const;
-  class Flow& flow() const;
 
   /// Sends `msg` to the given successors (all when empty), waiting while a queue is full.
   /// Throws FlowUsageError when a target is not a successor of this node.
