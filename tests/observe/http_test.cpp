@@ -64,7 +64,8 @@ Reply get(unsigned short port, std::string target, http::verb verb = http::verb:
   return run_async(request(port, verb, std::move(target)), std::chrono::seconds(10));
 }
 
-/// Sends `data` as is and returns everything the server answers until it closes.
+/// Sends `data` as is, half-closes, and returns everything the server answers until it
+/// closes.
 std::string raw_exchange(unsigned short port, std::string data) {
   return run_async([](unsigned short port, std::string data) -> Task<std::string> {
     tcp::socket s(co_await asio::this_coro::executor);
@@ -73,6 +74,10 @@ std::string raw_exchange(unsigned short port, std::string data) {
     // The server may answer and stop reading before all of `data` is sent.
     auto [wec, wn] = co_await asio::async_write(s, asio::buffer(data), asio::as_tuple(asio::use_awaitable));
     (void)wec;
+    // Half-close: the server sees the end of the request stream instead of waiting for
+    // more until its timeout.
+    boost::system::error_code sec;
+    s.shutdown(tcp::socket::shutdown_send, sec);
     std::string out;
     auto [ec, n] = co_await asio::async_read(s, asio::dynamic_buffer(out), asio::as_tuple(asio::use_awaitable));
     (void)ec;

@@ -33,7 +33,7 @@ struct MetricsServerOptions {
 
 /// Serves GET /metrics (200, `text/plain; version=0.0.4; charset=utf-8`, the registry's
 /// render_prometheus()) and GET /healthz (200 "ok\n" while health() is true, 503
-/// "unhealthy\n" when it is false or throws) on `address`: "127.0.0.1:9464", ":9464"
+/// "unhealthy\n" when it is false or throws; an empty `health` counts as healthy) on `address`: "127.0.0.1:9464", ":9464"
 /// (all IPv4 interfaces), "[::1]:9464", "localhost:9464"; port 0 picks a free port (see
 /// port()). Other paths get 404, other methods 405; a malformed request gets 400 and its
 /// connection is closed; the server keeps serving. Keep-alive is supported.
