@@ -131,9 +131,10 @@ double rss_mib() {
 }
 
 // Bytes handed out by malloc and still in use (small chunks + mmapped ones), headers included.
-std::size_t heap_in_use() {
+// (Under ASan, whose allocator glibc's mallinfo2 does not see, this stays 0.)
+double heap_in_use() {
   struct mallinfo2 mi = mallinfo2();
-  return mi.uordblks + mi.hblkhd;
+  return static_cast<double>(mi.uordblks + mi.hblkhd);
 }
 
 /// Nearest-rank percentile of an ascending vector (as bench_core.py's _pct).
@@ -582,14 +583,14 @@ json::object case_idle_flow(const Sizes& sz) {
   io.poll();  // the loop exists before the first snapshot: it is shared, not the flow's
   json::object out;
   {
-    const std::size_t h0 = heap_in_use();
+    const double h0 = heap_in_use();
     const double r0 = rss_mib();
     std::vector<Flow> flows;
     flows.push_back(identity_chain(3, policy_none));
     flows.back().run(io.get_executor());
     io.poll();  // node workers start and park on their empty inboxes
     io.restart();
-    out["idle_flow_bytes"] = static_cast<double>(heap_in_use() - h0);
+    out["idle_flow_bytes"] = heap_in_use() - h0;
     out["idle_flow_rss_kib"] = (rss_mib() - r0) * 1024.0;
     run_on(io, [&]() -> Task<int> {
       co_await stop_all(flows);
@@ -600,7 +601,7 @@ json::object case_idle_flow(const Sizes& sz) {
     const int n = sz.idle_flows;
     std::vector<Flow> flows;
     flows.reserve(static_cast<std::size_t>(n));
-    const std::size_t h0 = heap_in_use();
+    const double h0 = heap_in_use();
     const double r0 = rss_mib();
     for (int i = 0; i < n; ++i) {
       flows.push_back(identity_chain(3, policy_none));
@@ -609,7 +610,7 @@ json::object case_idle_flow(const Sizes& sz) {
     io.poll();
     io.restart();
     out["idle_flows"] = n;
-    out["idle_flow_avg_bytes"] = static_cast<double>(heap_in_use() - h0) / n;
+    out["idle_flow_avg_bytes"] = (heap_in_use() - h0) / n;
     out["idle_flow_avg_rss_kib"] = (rss_mib() - r0) * 1024.0 / n;
     run_on(io, [&]() -> Task<int> {
       co_await stop_all(flows);
