@@ -6,6 +6,7 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/execution_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -17,6 +18,9 @@
 #include <charconv>
 #include <cstdint>
 #include <stdexcept>
+#include <mutex>
+#include <optional>
+#include <set>
 #include <unordered_map>
 
 namespace penguiflow::observe {
@@ -72,13 +76,54 @@ tcp::endpoint parse_address(const asio::any_io_executor& ex, const std::string& 
 
 }  // namespace
 
-struct MetricsServer::Impl {
+namespace {
+
+/// What a server does when its execution context shuts down first.
+struct ContextShutdownListener {
+  virtual void context_shutdown() = 0;
+
+ protected:
+  ~ContextShutdownListener() = default;
+};
+
+struct LiveServers {
+  std::mutex mu;
+  bool gone = false;
+  std::set<ContextShutdownListener*> servers;
+};
+
+/// An execution-context service that tells live servers when their context shuts down.
+/// Asio requires I/O objects to die before their context; a program that destroys the
+/// io_context first (easy to do at shutdown) would otherwise have the server touch freed
+/// reactor state. On shutdown each server drops its acceptor while the services still
+/// exist, and never touches the context again.
+class ServerTracker : public asio::execution_context::service {
+ public:
+  using key_type = ServerTracker;
+  static inline asio::execution_context::id id;
+  explicit ServerTracker(asio::execution_context& ctx)
+      : asio::execution_context::service(ctx), live(std::make_shared<LiveServers>()) {}
+  std::shared_ptr<LiveServers> live;
+
+ private:
+  void shutdown() override {
+    std::lock_guard lock(live->mu);
+    live->gone = true;
+    for (auto* s : live->servers) s->context_shutdown();
+    live->servers.clear();
+  }
+};
+
+}  // namespace
+
+struct MetricsServer::Impl final : ContextShutdownListener {
   asio::any_io_executor ex;
   std::string address;
   Registry& registry;
   std::function<bool()> health;
   MetricsServerOptions options;
-  tcp::acceptor acceptor;
+  std::shared_ptr<LiveServers> live;
+  std::optional<tcp::acceptor> acceptor;  // empty once the context has shut down
   unsigned short port = 0;
   bool started = false;
   bool stopped = false;
@@ -86,7 +131,24 @@ struct MetricsServer::Impl {
   std::unordered_map<std::uint64_t, beast::tcp_stream*> connections;
 
   Impl(asio::any_io_executor e, std::string a, Registry& r, std::function<bool()> h, MetricsServerOptions o)
-      : ex(std::move(e)), address(std::move(a)), registry(r), health(std::move(h)), options(o), acceptor(ex) {}
+      : ex(std::move(e)), address(std::move(a)), registry(r), health(std::move(h)), options(o) {
+    live = asio::use_service<ServerTracker>(asio::query(ex, asio::execution::context)).live;
+    acceptor.emplace(ex);
+    std::lock_guard lock(live->mu);
+    if (live->gone) throw std::runtime_error("metrics server: its execution context is shutting down");
+    live->servers.insert(this);
+  }
+  ~Impl() {
+    std::lock_guard lock(live->mu);
+    live->servers.erase(this);
+  }
+
+  void context_shutdown() override {
+    // Pending operations are being destroyed, not completed: forget, don't touch.
+    stopped = true;
+    acceptor.reset();
+    connections.clear();
+  }
 
   http::response<http::string_body> respond(const http::request<http::string_body>& req) {
     http::response<http::string_body> res;
@@ -218,7 +280,7 @@ asio::awaitable<void> MetricsServer::Impl::serve_connection(std::shared_ptr<Impl
 
 asio::awaitable<void> MetricsServer::Impl::accept_loop(std::shared_ptr<Impl> self) {
   while (!self->stopped) {
-    auto [ec, socket] = co_await self->acceptor.async_accept(kTok);
+    auto [ec, socket] = co_await self->acceptor->async_accept(kTok);
     if (self->stopped || ec == asio::error::operation_aborted) co_return;
     if (ec) {
       // Out of descriptors and the like: back off briefly instead of spinning.
@@ -244,26 +306,27 @@ MetricsServer::~MetricsServer() { stop(); }
 void MetricsServer::start() {
   Impl& s = *impl_;
   if (s.started) throw std::runtime_error("metrics server on '" + s.address + "' already started");
+  if (!s.acceptor) throw std::runtime_error("metrics server on '" + s.address + "': its execution context is gone");
   tcp::endpoint ep = parse_address(s.ex, s.address);
   boost::system::error_code ec;
   auto check = [&](const char* step) {
     if (ec) {
       boost::system::error_code ignored;
-      s.acceptor.close(ignored);
+      s.acceptor->close(ignored);
       fail(s.address, std::string(step) + ": " + ec.message());
     }
   };
-  s.acceptor.open(ep.protocol(), ec);
+  s.acceptor->open(ep.protocol(), ec);
   check("open");
   // Lets a restarted process rebind while old connections sit in TIME_WAIT; on Linux it
   // does not let two listeners share a port, so "in use" is still reported.
-  s.acceptor.set_option(asio::socket_base::reuse_address(true), ec);
+  s.acceptor->set_option(asio::socket_base::reuse_address(true), ec);
   check("set_option");
-  s.acceptor.bind(ep, ec);
+  s.acceptor->bind(ep, ec);
   check("bind");
-  s.acceptor.listen(asio::socket_base::max_listen_connections, ec);
+  s.acceptor->listen(asio::socket_base::max_listen_connections, ec);
   check("listen");
-  s.port = s.acceptor.local_endpoint(ec).port();
+  s.port = s.acceptor->local_endpoint(ec).port();
   check("local_endpoint");
   s.started = true;
   asio::co_spawn(s.ex, Impl::accept_loop(impl_), asio::detached);
@@ -274,7 +337,7 @@ void MetricsServer::stop() {
   if (s.stopped) return;
   s.stopped = true;
   boost::system::error_code ignored;
-  s.acceptor.close(ignored);
+  if (s.acceptor) s.acceptor->close(ignored);
   // Closing aborts each connection's pending read or write; its coroutine then ends and
   // unregisters itself.
   for (auto& [id, stream] : s.connections) stream->close();

@@ -306,3 +306,30 @@ TEST(W10_MetricsServer, AcceptsHostNamesAndAllInterfaces) {
   unsigned short p2 = st.start("0.0.0.0:0", registry, [] { return true; });
   EXPECT_EQ(get(p2, "/healthz").status, 200u);
 }
+
+TEST(W10_MetricsServer, ContextDestroyedBeforeTheServerIsSafe) {
+  // The order a careless main() gets wrong: the io_context dies first, with a served
+  // connection still open. ASan would report the server touching freed reactor state.
+  Registry registry;
+  auto io = std::make_unique<asio::io_context>();
+  auto server = std::make_unique<MetricsServer>(io->get_executor(), "127.0.0.1:0", registry, [] { return true; });
+  server->start();
+  unsigned short port = server->port();
+  std::thread runner([&] { io->run_for(std::chrono::seconds(5)); });
+  auto closed = run_async([&]() -> Task<bool> {
+    beast::tcp_stream s(co_await asio::this_coro::executor);
+    tcp::endpoint ep(asio::ip::make_address("127.0.0.1"), port);
+    co_await s.async_connect(ep, asio::use_awaitable);
+    auto r = co_await request_on(s, http::verb::get, "/healthz", true);  // stays open
+    EXPECT_EQ(r.status, 200u);
+    io->stop();
+    runner.join();
+    io.reset();      // context first...
+    server->stop();  // ...then the server: inert, no crash
+    server.reset();
+    std::string rest;
+    auto [ec, n] = co_await asio::async_read(s.socket(), asio::dynamic_buffer(rest), asio::as_tuple(asio::use_awaitable));
+    co_return bool(ec);
+  }(), std::chrono::seconds(10));
+  EXPECT_TRUE(closed);  // the connection went away with its context
+}

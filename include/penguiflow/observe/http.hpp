@@ -41,7 +41,8 @@ struct MetricsServerOptions {
 /// Runs on `ex`; give it a single-threaded executor (an io_context run by one thread, or
 /// a strand). health() and the registry's scrape hooks run there. start(), stop(),
 /// port() and the destructor must be called on that executor's thread or while nothing
-/// runs it; destroy the server before its execution context.
+/// runs it. Destroy the server before its execution context if you can; if the context
+/// goes first, the server releases its sockets with it and is inert (safe to destroy).
 class MetricsServer {
  public:
   MetricsServer(boost::asio::any_io_executor ex, std::string address, Registry& registry,
