@@ -251,8 +251,8 @@ int run(int argc, char** argv, worker::FlowRegistry flows) {
       observe::Registry registry;
       wo.metrics = &registry;
       worker::Worker w(std::move(flows), wo);
+      asio::io_context http_io(1);  // declared before the server: it must outlive it
       std::unique_ptr<observe::MetricsServer> server;
-      asio::io_context http_io(1);
       std::thread http_thread;
 
       if (!metrics_addr.empty()) {
@@ -264,8 +264,7 @@ int run(int argc, char** argv, worker::FlowRegistry flows) {
       }
       int code = w.run();
       if (server) {
-        asio::post(http_io, [&] { server->stop(); });
-        http_io.stop();
+        asio::post(http_io, [&] { server->stop(); });  // closes the acceptor and connections: run() returns
         http_thread.join();
       }
       if (code != 0) std::fprintf(stderr, "penguiflow worker: %s\n", w.last_error().c_str());
