@@ -229,6 +229,8 @@ class Shard : public std::enable_shared_from_this<Shard> {
   bool stopping_ = false;
   bool done_ = false;
   int inflight_ = 0;
+  int settling_ = 0;  // jobs whose settle call is in flight (their slots free soon)
+  static constexpr double kMaxCoalesceS = 0.05;
   std::unordered_map<std::string, std::shared_ptr<InFlight>> jobs_;
   std::unordered_map<std::string, std::shared_ptr<LiveFlow>> live_;
   std::unordered_map<std::string, Middleware> metrics_mw_;  // per flow name
@@ -296,12 +298,27 @@ Task<void> Shard::main() {
   if (opts_.metrics && index_ == 0) asio::co_spawn(ex, refresh_gauges(), asio::detached);
 
   double fetch_backoff = 0.05;
+  double coalesce_until = 0;  // > 0: free slots are waiting for the jobs being settled
   while (!stopping_) {
     int free = opts_.concurrency - inflight_;
     if (free <= 0) {
       co_await wake_.wait_for(1.0);
       continue;
     }
+    // Refill in batches: while fewer than half the slots are free and some jobs are being
+    // settled (they free their slots within a settle round trip), wait for them, so that
+    // one fetch round trip brings a batch instead of one job per finished job (a backend
+    // that serializes statements on one connection would queue that fetch behind the
+    // settles anyway). Bounded, so a slow settle cannot starve free slots.
+    if (settling_ > 0 && free < std::max(1, opts_.concurrency / 2)) {
+      const double now = mono_s();
+      if (coalesce_until == 0) coalesce_until = now + kMaxCoalesceS;
+      if (now < coalesce_until) {
+        co_await wake_.wait_for(coalesce_until - now);
+        continue;
+      }
+    }
+    coalesce_until = 0;
     std::vector<LeasedJob> jobs;
     bool failed = false;
     try {
@@ -565,7 +582,9 @@ Task<void> Shard::run_job(std::shared_ptr<InFlight> f) {
     r.reason = "unknown flow '" + job.flow + "'";
   }
   detail::unbind_job(f->trace);
+  ++settling_;
   co_await settle(*f, std::move(r));
+  --settling_;  // settle() does not throw
 }
 
 Task<void> Shard::settle(InFlight& f, RunResult r) {
