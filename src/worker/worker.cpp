@@ -12,7 +12,6 @@
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
-#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -24,6 +23,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <map>
 #include <mutex>
 #include <random>
 #include <stdexcept>
@@ -157,6 +157,9 @@ struct Worker::State {
 
 namespace {
 
+struct InFlight;
+using Deadlines = std::multimap<double, InFlight*>;  // monotonic time -> job (W3 bounds)
+
 struct InFlight {
   LeasedJob lj;
   std::string trace;
@@ -166,6 +169,8 @@ struct InFlight {
   double last_beat = 0;       // monotonic
   bool lease_lost = false;
   bool handed_back = false;
+  bool timed_out = false;     // its time bound passed: cancelled by the deadline watch
+  std::optional<Deadlines::iterator> deadline;  // armed while the flow works on the job
 };
 
 struct LiveFlow {
@@ -180,7 +185,7 @@ class Shard : public std::enable_shared_from_this<Shard> {
  public:
   Shard(Worker::State& st, int index)
       : st_(st), opts_(st.opts), index_(index), wake_(io_.get_executor()), housekeeping_(io_.get_executor()),
-        gauges_(io_.get_executor()) {}
+        gauges_(io_.get_executor()), deadline_wake_(io_.get_executor()) {}
 
   asio::io_context& io() { return io_; }
 
@@ -210,9 +215,12 @@ class Shard : public std::enable_shared_from_this<Shard> {
   Task<void> main();
   Task<void> run_job(std::shared_ptr<InFlight> f);
   Task<RunResult> execute(InFlight& f, const FlowEntry& entry);
-  Task<RunResult> await_result(Flow& flow, const std::string& trace, double bound, const FinalPredicate& is_final);
+  Task<RunResult> await_result(Flow& flow, const std::string& trace, const FinalPredicate& is_final);
   Task<void> settle(InFlight& f, RunResult r);
   Task<void> heartbeats();
+  Task<void> deadline_watch();
+  void arm_deadline(InFlight& f, double bound_s);
+  void disarm_deadline(InFlight& f);
   Task<void> refresh_gauges();
   void report(const InFlight& f, Outcome o, std::string reason);
   void prepare(Flow& flow, const std::string& name);
@@ -225,6 +233,8 @@ class Shard : public std::enable_shared_from_this<Shard> {
   Wakeup wake_;
   Wakeup housekeeping_;  // heartbeat ticks; notified at the end so the loop can exit at once
   Wakeup gauges_;
+  Wakeup deadline_wake_;  // notified when an earlier bound is armed, and at the end
+  Deadlines deadlines_;
   std::unique_ptr<JobQueue> queue_;
   bool stopping_ = false;
   bool done_ = false;
@@ -295,6 +305,7 @@ Task<void> Shard::main() {
     co_return;
   }
   asio::co_spawn(ex, heartbeats(), asio::detached);
+  asio::co_spawn(ex, deadline_watch(), asio::detached);
   if (opts_.metrics && index_ == 0) asio::co_spawn(ex, refresh_gauges(), asio::detached);
 
   double fetch_backoff = 0.05;
@@ -389,6 +400,7 @@ Task<void> Shard::main() {
   done_ = true;
   housekeeping_.notify();
   gauges_.notify();
+  deadline_wake_.notify();
   for (auto& [_, lf] : live_) co_await lf->flow->stop();
   live_.clear();
   co_await queue_->close();
@@ -420,6 +432,35 @@ Task<void> Shard::heartbeats() {
   }
 }
 
+// W3: one timer per shard serves every job's time bound (racing a timer against each job's
+// fetch cost ~1.5 µs a job: two spawned branches and a timer). A job past its bound is
+// cancelled through its cancellation slot, wherever it waits (emit or fetch).
+void Shard::arm_deadline(InFlight& f, double bound_s) {
+  f.deadline = deadlines_.emplace(mono_s() + bound_s, &f);
+  if (*f.deadline == deadlines_.begin()) deadline_wake_.notify();  // earlier than the watch sleeps for
+}
+
+void Shard::disarm_deadline(InFlight& f) {
+  if (!f.deadline) return;
+  deadlines_.erase(*f.deadline);
+  f.deadline.reset();
+}
+
+Task<void> Shard::deadline_watch() {
+  while (!done_) {
+    const double now = mono_s();
+    while (!deadlines_.empty() && deadlines_.begin()->first <= now) {
+      InFlight* f = deadlines_.begin()->second;
+      deadlines_.erase(deadlines_.begin());
+      f->deadline.reset();
+      f->timed_out = true;
+      f->cancel.emit(asio::cancellation_type::terminal);
+    }
+    const double next = deadlines_.empty() ? 3600.0 : deadlines_.begin()->first - now;
+    co_await deadline_wake_.wait_for(next);
+  }
+}
+
 Task<void> Shard::refresh_gauges() {
   Wakeup& timer = gauges_;
   auto& reg = *opts_.metrics;
@@ -443,47 +484,36 @@ Task<void> Shard::refresh_gauges() {
   }
 }
 
-Task<RunResult> Shard::await_result(Flow& flow, const std::string& trace, double bound, const FinalPredicate& is_final) {
-  using namespace asio::experimental::awaitable_operators;
-  auto ex = co_await asio::this_coro::executor;
-  asio::steady_timer timer(ex, seconds(bound));
-  auto read = [&flow, &trace, &is_final]() -> Task<RunResult> {
-    for (;;) {
-      std::any item = co_await flow.fetch(trace);
-      RunResult r;
-      if (auto* fe = std::any_cast<FlowError>(&item)) {
-        r.kind = RunResult::failure;
-        r.permanent = fe->code == FlowErrorCode::validation_error;
-        r.reason = r.permanent ? "invalid payload: " + fe->message
-                               : "node '" + fe->node_name + "' failed (" + std::string(to_string(fe->code)) + "): " + fe->message;
-        r.details = fe->to_json().as_object();
-        co_return r;
-      }
-      const std::any* payload = &item;
-      if (auto* m = std::any_cast<Message>(&item)) payload = &m->payload;
-      if (auto* fa = std::any_cast<FinalAnswer>(payload); fa && fa->text == "Deadline exceeded") {
-        r.kind = RunResult::timeout;  // C9: the flow skipped the message past its deadline
-        r.reason = "job deadline exceeded";
-        co_return r;
-      }
-      if (!is_final(item)) continue;  // progress (status updates, chunks), not the result
-      try {
-        r.result = to_json(*payload);
-        r.kind = RunResult::success;
-      } catch (const std::exception& e) {
-        r.kind = RunResult::failure;
-        r.permanent = true;
-        r.reason = std::string("result is not JSON-convertible: ") + e.what();
-      }
+Task<RunResult> Shard::await_result(Flow& flow, const std::string& trace, const FinalPredicate& is_final) {
+  for (;;) {
+    std::any item = co_await flow.fetch(trace);
+    RunResult r;
+    if (auto* fe = std::any_cast<FlowError>(&item)) {
+      r.kind = RunResult::failure;
+      r.permanent = fe->code == FlowErrorCode::validation_error;
+      r.reason = r.permanent ? "invalid payload: " + fe->message
+                             : "node '" + fe->node_name + "' failed (" + std::string(to_string(fe->code)) + "): " + fe->message;
+      r.details = fe->to_json().as_object();
       co_return r;
     }
-  };
-  auto r = co_await (read() || timer.async_wait(asio::as_tuple(asio::use_awaitable)));
-  if (r.index() == 0) co_return std::move(std::get<0>(r));
-  RunResult t;
-  t.kind = RunResult::timeout;
-  t.reason = "job exceeded its time bound of " + std::to_string(bound) + " s";
-  co_return t;
+    const std::any* payload = &item;
+    if (auto* m = std::any_cast<Message>(&item)) payload = &m->payload;
+    if (auto* fa = std::any_cast<FinalAnswer>(payload); fa && fa->text == "Deadline exceeded") {
+      r.kind = RunResult::timeout;  // C9: the flow skipped the message past its deadline
+      r.reason = "job deadline exceeded";
+      co_return r;
+    }
+    if (!is_final(item)) continue;  // progress (status updates, chunks), not the result
+    try {
+      r.result = to_json(*payload);
+      r.kind = RunResult::success;
+    } catch (const std::exception& e) {
+      r.kind = RunResult::failure;
+      r.permanent = true;
+      r.reason = std::string("result is not JSON-convertible: ") + e.what();
+    }
+    co_return r;
+  }
 }
 
 Task<RunResult> Shard::execute(InFlight& f, const FlowEntry& entry) {
@@ -525,22 +555,32 @@ Task<RunResult> Shard::execute(InFlight& f, const FlowEntry& entry) {
 
   bool interrupted = false;
   if (flow) {
+    bool finished = false;  // the flow produced the job's outcome
+    arm_deadline(f, bound);
     try {
       co_await flow->emit(std::move(msg), f.trace);
-      result = co_await await_result(*flow, f.trace, bound, entry.is_final);
+      result = co_await await_result(*flow, f.trace, entry.is_final);
+      finished = true;
     } catch (const boost::system::system_error& e) {
-      interrupted = true;  // handed back at shutdown, or the lease was lost
+      interrupted = true;  // past its time bound, handed back at shutdown, or the lease was lost
     } catch (const std::exception& e) {
       result.kind = RunResult::failure;
       result.reason = std::string("flow error: ") + e.what();
       result.unexpected = true;
     }
-    // A cancellation (hand-back at shutdown, lost lease) may also surface as the timer
-    // branch winning in await_result; the cancellation state tells.
+    disarm_deadline(f);
+    // A cancellation that came after the outcome was in hand still leaves its mark on
+    // the cancellation state; the state tells.
     if ((co_await asio::this_coro::cancellation_state).cancelled() != asio::cancellation_type::none) interrupted = true;
     if (interrupted) {
       co_await asio::this_coro::reset_cancellation_state();
-      result.kind = RunResult::interrupted;
+      if (f.handed_back || f.lease_lost) {
+        result.kind = RunResult::interrupted;
+      } else if (!finished) {  // only the time bound cancelled it (W3)
+        result = RunResult{};
+        result.kind = RunResult::timeout;
+        result.reason = "job exceeded its time bound of " + std::to_string(bound) + " s";
+      }
     }
     if (result.kind != RunResult::success) flow->cancel(f.trace);  // W3: cancel the trace
   }
