@@ -103,6 +103,11 @@ if want pg || want idle; then
   "$WORK/peers-pg/cluster.sh" start | tee -a "$LOG" >&2
 fi
 REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0
+# Server CPU seconds so far (worker_bench --server-cpu-probe: the server's CPU µs per job,
+# as the peers report for Redis): redis-server's INFO cpu; our cluster's postmaster and
+# its children from /proc (other PostgreSQL servers on the machine are not counted).
+REDIS_CPU="redis-cli -p $REDIS_PORT info cpu | tr -d '\r' | awk -F: '/^used_cpu_(user|sys):/ { s += \$2 } END { printf \"%.6f\\n\", s }'"
+PG_CPU="PM=\$(head -1 $PGDATA_DIR/postmaster.pid); for p in \$PM \$(pgrep -P \$PM); do cat /proc/\$p/stat 2>/dev/null; done | awk -v t=\$(getconf CLK_TCK) '{ s += \$14 + \$15 } END { printf \"%.2f\\n\", s / t }'"
 PG_URL=postgresql://postgres@127.0.0.1:$PG_PORT/postgres
 export BENCH_PG_URL=postgres://postgres@127.0.0.1:$PG_PORT/postgres
 
@@ -152,7 +157,7 @@ for r in $(seq 1 "$RUNS"); do
       rflush; run bee-queue node "$WORK/peers/bench_beequeue.mjs" --mode=throughput --n="$N" --concurrency="$c" --remove=0 --port="$REDIS_PORT"
     done
     rflush; run queue_bench "$QB" --queue "$REDIS_URL" --jobs "$N" --concurrency 50,200
-    rflush; run worker_bench "$WB" --queue "$REDIS_URL" --jobs "$N" --concurrency 50,200 --mode "$MODE" --cases e2e
+    rflush; run worker_bench "$WB" --queue "$REDIS_URL" --jobs "$N" --concurrency 50,200 --mode "$MODE" --cases e2e --server-cpu-probe "$REDIS_CPU"
     rflush
   fi
   if want pg; then
@@ -163,7 +168,7 @@ for r in $(seq 1 "$RUNS"); do
       run pg-boss "$NODE22" "$WORK/peers-pg/bench_pgboss.mjs" --n "$N" --mode "$m" --rep "$r"
     done
     pg_fresh; run queue_bench "$QB" --queue "$PG_URL" --jobs "$N" --concurrency 50,200
-    pg_fresh; run worker_bench "$WB" --queue "$PG_URL" --jobs "$N" --concurrency 50,200 --mode "$MODE" --cases e2e
+    pg_fresh; run worker_bench "$WB" --queue "$PG_URL" --jobs "$N" --concurrency 50,200 --mode "$MODE" --cases e2e --server-cpu-probe "$PG_CPU"
     pg_fresh
   fi
   if want sqlite; then

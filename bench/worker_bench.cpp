@@ -4,7 +4,8 @@
 //
 //   worker_bench --queue URL [--jobs 50000] [--concurrency 50[,200]] [--threads 1]
 //                [--mode stateless|long-lived] [--runs R] [--cases e2e,idle,shutdown]
-//                [--idle-seconds 10] [--idle-probe CMD] [--drain-timeout 2] [--peer NAME]
+//                [--idle-seconds 10] [--idle-probe CMD] [--server-cpu-probe CMD]
+//                [--drain-timeout 2] [--peer NAME]
 //
 // Cases (each measurement runs in a fresh child process and a fresh queue namespace, so the
 // queue starts empty and peak RSS / CPU belong to that measurement alone):
@@ -14,7 +15,9 @@
 //             job in stateless mode, one per shard in long-lived mode), its result stored by
 //             complete(). Reported: jobs/s from the Worker's start (run(): queue open
 //             included) to the N-th completion, CPU µs/job of this process (user+sys, every
-//             thread, over the same span; a server's own CPU is not included), peak RSS.
+//             thread, over the same span; a server's own CPU is not included), peak RSS,
+//             and with --server-cpu-probe CMD (a shell command printing the server's CPU
+//             seconds so far) the server's CPU µs/job over the same span.
 //   idle      a worker at concurrency 64 on an empty queue: RSS after 1 s, the worker's own
 //             CPU while idle, and, with --idle-probe CMD (a shell command printing one number,
 //             e.g. a server's command counter), the probe's delta over --idle-seconds.
@@ -66,6 +69,7 @@ struct Options {
   std::vector<std::string> cases{"e2e", "idle", "shutdown"};
   double idle_seconds = 10;
   std::string idle_probe;
+  std::string server_cpu_probe;
   double drain_timeout_s = 2;
   std::string peer;
 };
@@ -204,43 +208,10 @@ worker::WorkerOptions worker_options(const std::string& ns, int concurrency) {
 
 // ------------------------------------------------------------------ cases (each in a child)
 
-void case_e2e(const std::string& ns, int concurrency) {
-  const int n = g_opt.jobs;
-  std::atomic<int> done{0};
-  Clock::time_point t_last{};
-  double cpu_last = 0;
-  auto o = worker_options(ns, concurrency);
-  o.exit_when_empty = true;
-  o.on_report = [&](const worker::JobReport& r) {
-    if (r.outcome != worker::Outcome::succeeded) return;
-    if (done.fetch_add(1) + 1 == n) {  // the N-th completion: stop the clocks
-      t_last = Clock::now();
-      cpu_last = cpu_seconds();
-    }
-  };
-  worker::Worker w(registry(), std::move(o));
-  const double c0 = cpu_seconds();
-  const auto t0 = Clock::now();
-  int rc = w.run();
-  if (rc != 0) throw std::runtime_error("worker exited " + std::to_string(rc) + ": " + w.last_error());
-  auto st = w.stats();
-  if (done.load() != n || st.succeeded != static_cast<std::uint64_t>(n))
-    throw std::runtime_error("expected " + std::to_string(n) + " successes, got " + std::to_string(st.succeeded) +
-                             " (retried " + std::to_string(st.retried) + ", dead " + std::to_string(st.dead) + ")");
-  const std::string v = variant_for(concurrency);
-  record("end-to-end (3-node flow per job)", v, n / secs(t_last - t0), "jobs/s");
-  record("end-to-end cpu", v, (cpu_last - c0) / n * 1e6, "µs/job");
-  record("end-to-end peak RSS", v, peak_rss_mib(), "MiB");
-  auto c = counts(ns);
-  if (c.by_state["queued"] + c.by_state["running"] != 0 || c.by_state["succeeded"] != n)
-    throw std::runtime_error("unexpected final counts: queued " + std::to_string(c.by_state["queued"]) + ", running " +
-                             std::to_string(c.by_state["running"]) + ", succeeded " + std::to_string(c.by_state["succeeded"]));
-}
-
-/// Runs the probe command; its output's last number (NaN when none).
-double probe() {
-  if (g_opt.idle_probe.empty()) return NAN;
-  FILE* p = ::popen(g_opt.idle_probe.c_str(), "r");
+/// Runs a shell command and returns the last number it printed (NaN when none).
+double run_probe(const std::string& cmd) {
+  if (cmd.empty()) return NAN;
+  FILE* p = ::popen(cmd.c_str(), "r");
   if (!p) return NAN;
   std::string out;
   char buf[256];
@@ -254,6 +225,83 @@ double probe() {
     }
   return v;
 }
+
+bool is_memory() { return g_opt.url.rfind("memory:", 0) == 0; }
+
+void case_e2e(const std::string& ns, int concurrency) {
+  const int n = g_opt.jobs;
+  std::atomic<int> done{0};
+  Clock::time_point t_last{};
+  double cpu_last = 0, server_cpu_last = NAN;
+  auto o = worker_options(ns, concurrency);
+  o.exit_when_empty = true;
+  // memory:// lives in one process: each shard's queue is filled when the shard opens it,
+  // and the clocks start once every shard is filled (the worker's own cost, no backend I/O).
+  Clock::time_point t0_memory{};
+  double c0_memory = 0;
+  std::atomic<int> opened{0}, filled{0};
+  if (is_memory()) {
+    o.open_queue = [&](asio::any_io_executor ex, queue::QueueConfig cfg) -> Task<std::unique_ptr<queue::JobQueue>> {
+      auto q = co_await queue::open_queue(ex, "memory://", std::move(cfg));
+      const int shards = g_opt.threads, index = opened.fetch_add(1);
+      int mine = n / shards + (index < n % shards ? 1 : 0);
+      for (int done_here = 0; done_here < mine;) {
+        int k = std::min(1000, mine - done_here);
+        std::vector<queue::NewJob> chunk;
+        for (int i = 0; i < k; ++i) {
+          queue::NewJob j;
+          j.flow = "noop3";
+          j.tenant = "bench";
+          j.payload = json::object{{"i", done_here + i}};
+          chunk.push_back(std::move(j));
+        }
+        co_await q->enqueue_bulk(std::move(chunk));
+        done_here += k;
+      }
+      if (filled.fetch_add(1) + 1 == shards) {
+        t0_memory = Clock::now();
+        c0_memory = cpu_seconds();
+      }
+      co_return q;
+    };
+  }
+  o.on_report = [&](const worker::JobReport& r) {
+    if (r.outcome != worker::Outcome::succeeded) return;
+    if (done.fetch_add(1) + 1 == n) {  // the N-th completion: stop the clocks
+      t_last = Clock::now();
+      cpu_last = cpu_seconds();
+      server_cpu_last = run_probe(g_opt.server_cpu_probe);  // the worker's connections are still open
+    }
+  };
+  worker::Worker w(registry(), std::move(o));
+  const double server_cpu0 = run_probe(g_opt.server_cpu_probe);
+  double c0 = cpu_seconds();
+  auto t0 = Clock::now();
+  int rc = w.run();
+  if (rc != 0) throw std::runtime_error("worker exited " + std::to_string(rc) + ": " + w.last_error());
+  if (is_memory()) {
+    t0 = t0_memory;
+    c0 = c0_memory;
+  }
+  auto st = w.stats();
+  if (done.load() != n || st.succeeded != static_cast<std::uint64_t>(n))
+    throw std::runtime_error("expected " + std::to_string(n) + " successes, got " + std::to_string(st.succeeded) +
+                             " (retried " + std::to_string(st.retried) + ", dead " + std::to_string(st.dead) + ")");
+  const std::string v = variant_for(concurrency);
+  record("end-to-end (3-node flow per job)", v, n / secs(t_last - t0), "jobs/s");
+  record("end-to-end cpu", v, (cpu_last - c0) / n * 1e6, "µs/job");
+  record("end-to-end peak RSS", v, peak_rss_mib(), "MiB");
+  if (!std::isnan(server_cpu0) && !std::isnan(server_cpu_last))
+    record("end-to-end server cpu (--server-cpu-probe)", v, (server_cpu_last - server_cpu0) / n * 1e6, "µs/job");
+  if (is_memory()) return;  // the shards' queues are gone with the worker
+  auto c = counts(ns);
+  if (c.by_state["queued"] + c.by_state["running"] != 0 || c.by_state["succeeded"] != n)
+    throw std::runtime_error("unexpected final counts: queued " + std::to_string(c.by_state["queued"]) + ", running " +
+                             std::to_string(c.by_state["running"]) + ", succeeded " + std::to_string(c.by_state["succeeded"]));
+}
+
+/// Runs the idle probe command; its output's last number (NaN when none).
+double probe() { return run_probe(g_opt.idle_probe); }
 
 void sleep_s(double s) { std::this_thread::sleep_for(std::chrono::duration<double>(s)); }
 
@@ -279,9 +327,24 @@ void case_idle(const std::string& ns) {
 
 void case_shutdown(const std::string& ns) {
   const int c = 64;
-  enqueue(ns, "hang", c);
   auto o = worker_options(ns, c);
   o.drain_timeout_s = g_opt.drain_timeout_s;
+  o.threads = 1;
+  if (is_memory()) {
+    o.open_queue = [c](asio::any_io_executor ex, queue::QueueConfig cfg) -> Task<std::unique_ptr<queue::JobQueue>> {
+      auto q = co_await queue::open_queue(ex, "memory://", std::move(cfg));
+      for (int i = 0; i < c; ++i) {
+        queue::NewJob j;
+        j.flow = "hang";
+        j.tenant = "bench";
+        j.payload = json::object{{"i", i}};
+        co_await q->enqueue(std::move(j));
+      }
+      co_return q;
+    };
+  } else {
+    enqueue(ns, "hang", c);
+  }
   worker::Worker w(registry(), std::move(o));
   std::thread t([&] { w.run(); });
   auto bound = Clock::now() + std::chrono::seconds(60);
@@ -299,6 +362,7 @@ void case_shutdown(const std::string& ns) {
   const std::string v = std::to_string(c) + " in flight, drain timeout " + dt + " s, " + mode_name();
   record("shutdown time", v, s, "s");
   record("shutdown handed back", v, double(w.stats().handed_back), "jobs");
+  if (is_memory()) return;
   auto cn = counts(ns);
   record("shutdown: queued again after stop", v, double(cn.by_state["queued"]), "jobs");
 }
@@ -388,7 +452,8 @@ void print_table() {
   std::cerr << (why.empty() ? "" : "worker_bench: " + why + "\n")
             << "usage: worker_bench --queue URL [--jobs 50000] [--concurrency 50[,200]] [--threads 1]\n"
                "                    [--mode stateless|long-lived] [--runs R] [--cases e2e,idle,shutdown]\n"
-               "                    [--idle-seconds 10] [--idle-probe CMD] [--drain-timeout 2] [--peer NAME]\n";
+               "                    [--idle-seconds 10] [--idle-probe CMD] [--server-cpu-probe CMD]\n"
+               "                    [--drain-timeout 2] [--peer NAME]\n";
   std::exit(2);
 }
 
@@ -416,6 +481,7 @@ int main(int argc, char** argv) {
       else if (a == "--runs") g_opt.runs = std::max(1, std::stoi(next()));
       else if (a == "--idle-seconds") g_opt.idle_seconds = std::stod(next());
       else if (a == "--idle-probe") g_opt.idle_probe = next();
+      else if (a == "--server-cpu-probe") g_opt.server_cpu_probe = next();
       else if (a == "--drain-timeout") g_opt.drain_timeout_s = std::stod(next());
       else if (a == "--peer") g_opt.peer = next();
       else if (a == "--cases") g_opt.cases = split(next());
@@ -437,7 +503,7 @@ int main(int argc, char** argv) {
   for (auto& c : g_opt.cases)
     if (c != "e2e" && c != "idle" && c != "shutdown") usage("unknown case " + c);
   if (g_opt.peer.empty()) g_opt.peer = "penguiflow-cpp (" + g_opt.url.substr(0, g_opt.url.find(':')) + ")";
-  if (g_opt.url.rfind("memory:", 0) == 0) usage("memory:// is one queue per handle: the enqueuer and the worker would not share it");
+
   configure_logging(LoggingOptions{.level = LogLevel::warn});  // no per-run start/stop records
 
   auto want = [](const char* c) { return std::find(g_opt.cases.begin(), g_opt.cases.end(), c) != g_opt.cases.end(); };
@@ -446,7 +512,7 @@ int main(int argc, char** argv) {
     if (want("e2e"))
       for (int c : g_opt.concurrency) {
         auto ns = fresh_ns();
-        if (!in_child("enqueue", [&] { enqueue(ns, "noop3", g_opt.jobs); })) {
+        if (!is_memory() && !in_child("enqueue", [&] { enqueue(ns, "noop3", g_opt.jobs); })) {
           ok = false;
           continue;
         }
