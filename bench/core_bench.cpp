@@ -32,7 +32,7 @@
 //                        Message built before the timer, unique trace per round trip
 //   roundtrip_conc       100 concurrent client tasks x per-task round trips
 //   job_worker           worker-integration pattern 1: per job new Nodes + Flow, run(),
-//                        emit(trace), fetch(trace) bounded by a 300 s timer, stop();
+//                        emit(trace), fetch_for(trace, 300 s) (core's bounded fetch), stop();
 //                        8 workers draining an in-memory job list
 //   policy_{dict,message}_{none,retry}
 //                        1-node flow; NodePolicy{validate none} vs {validate none,
@@ -464,33 +464,7 @@ struct JobStats {
   std::vector<double> lat;
 };
 
-struct Fetch {
-  std::any value;
-  std::exception_ptr error;
-};
-
-// Never throws, so `fetch || timer` cannot lose fetch's exception to the timer.
-Task<Fetch> guarded_fetch(Flow& flow, std::string trace) {
-  Fetch f;
-  try {
-    f.value = co_await flow.fetch(std::move(trace));
-  } catch (...) {
-    f.error = std::current_exception();
-  }
-  co_return f;
-}
-
-/// fetch(trace) bounded by `bound_s` (asyncio.wait_for in the Python version); throws on timeout.
-Task<std::any> fetch_bounded(Flow& flow, std::string trace, double bound_s) {
-  using namespace asio::experimental::awaitable_operators;
-  asio::steady_timer timer(co_await asio::this_coro::executor,
-                           std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(bound_s)));
-  auto r = co_await (guarded_fetch(flow, std::move(trace)) || timer.async_wait(asio::as_tuple(asio::use_awaitable)));
-  if (r.index() == 1) throw std::runtime_error("job timed out");
-  auto& f = std::get<0>(r);
-  if (f.error) std::rethrow_exception(f.error);
-  co_return std::move(f.value);
-}
+constexpr Clock::duration kJobBound = std::chrono::seconds(300);
 
 Task<void> process_job(JobStats& st, Job job) {
   std::string trace = "job-" + job.id;
@@ -507,8 +481,11 @@ Task<void> process_job(JobStats& st, Job job) {
     std::string emit_trace = trace;
     Targets to;
     co_await flow.emit(std::move(msg), std::move(emit_trace), std::move(to));
-    std::any result = co_await fetch_bounded(flow, trace, 300.0);
-    const Message* r = std::any_cast<Message>(&result);
+    // Bounded like asyncio.wait_for (and src/worker): core's one-timer fetch_for, not a
+    // `fetch || timer` parallel group.
+    std::optional<std::any> result = co_await flow.fetch_for(trace, kJobBound);
+    if (!result) throw std::runtime_error("job timed out");
+    const Message* r = std::any_cast<Message>(&*result);
     const json::value* p = r ? std::any_cast<json::value>(&r->payload) : nullptr;
     if (!p || !p->is_object() || p->get_object() != job.payload) throw std::runtime_error("wrong result");
     ++st.completed;

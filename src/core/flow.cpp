@@ -448,27 +448,37 @@ int FlowImpl::next_seq(const std::string& stream_id, bool done) {
   return mine;
 }
 
-Task<Fetched> FlowImpl::fetch(std::string trace_id, NodeRuntime* from) {
+void FlowImpl::begin_fetch(const std::string& trace_id, NodeRuntime* from) {
   check_running("fetch");
-  auto self = shared_from_this();
   if (!trace_id.empty()) trace_fetch_used_ = true;
   if (from && trace_fetch_used_)
     throw FlowUsageError("fetch from node '" + from->spec->name + "': source filtering is refused once trace-scoped fetching is in use");
+}
+
+// Moves the first matching sink item into `out`; false when there is none.
+bool FlowImpl::take_result(const std::string& trace_id, NodeRuntime* from, Fetched& out) {
+  auto it = std::find_if(sink_.items.begin(), sink_.items.end(), [&](const Item& i) {
+    if (from) return i.source == from;
+    if (trace_id.empty()) return true;
+    return i.trace && i.trace->id == trace_id;
+  });
+  if (it == sink_.items.end()) return false;
+  Item item = std::move(*it);
+  sink_.items.erase(it);
+  if (item.trace) --item.trace->pending;
+  sink_.writers.notify_one();
+  out = Fetched{std::move(item.value), item.trace ? item.trace->id : std::string(),
+                item.source ? item.source->spec->name : std::string()};
+  return true;
+}
+
+Task<Fetched> FlowImpl::fetch(std::string trace_id, NodeRuntime* from) {
+  begin_fetch(trace_id, from);
+  auto self = shared_from_this();
+  Fetched out;
   for (;;) {
     if (stopping_ || !running_) throw FlowStoppedError("flow '" + options_.name + "' stopped");
-    auto it = std::find_if(sink_.items.begin(), sink_.items.end(), [&](const Item& i) {
-      if (from) return i.source == from;
-      if (trace_id.empty()) return true;
-      return i.trace && i.trace->id == trace_id;
-    });
-    if (it != sink_.items.end()) {
-      Item item = std::move(*it);
-      sink_.items.erase(it);
-      if (item.trace) --item.trace->pending;
-      sink_.writers.notify_one();
-      co_return Fetched{std::move(item.value), item.trace ? item.trace->id : std::string(),
-                        item.source ? item.source->spec->name : std::string()};
-    }
+    if (take_result(trace_id, from, out)) co_return out;
     if (trace_id.empty()) {
       co_await sink_.any_readers.wait();
     } else {
@@ -482,6 +492,58 @@ Task<Fetched> FlowImpl::fetch(std::string trace_id, NodeRuntime* from) {
       if (auto w = sink_.trace_readers.find(trace_id); w != sink_.trace_readers.end() && w->second.empty())
         sink_.trace_readers.erase(w);
       if (err) std::rethrow_exception(err);
+    }
+  }
+}
+
+namespace {
+// Shared by a bounded fetch and its timer: the timer's handler may run after the fetch
+// returned (it had already expired when the result arrived), so it must not point into
+// the fetch's frame. Emitting `signal` once nothing is connected to it is a no-op.
+struct BoundedWait {
+  asio::cancellation_signal signal;  // cancels the wait in progress (timer or caller)
+  bool expired = false;
+};
+}  // namespace
+
+// One timer per call and no parallel group: the timer (or the caller's cancellation,
+// forwarded) emits a signal the sink wait is bound to. Same checks, errors and ordering as
+// fetch(); a result already in the sink is returned even past the deadline.
+Task<std::optional<Fetched>> FlowImpl::fetch_until(std::string trace_id, std::chrono::steady_clock::time_point deadline) {
+  begin_fetch(trace_id, nullptr);
+  auto self = shared_from_this();
+  std::shared_ptr<BoundedWait> bw;
+  std::optional<asio::steady_timer> timer;  // destroyed (cancelled) when the fetch ends
+  Fetched out;
+  for (;;) {
+    if (stopping_ || !running_) throw FlowStoppedError("flow '" + options_.name + "' stopped");
+    if (take_result(trace_id, nullptr, out)) co_return std::optional<Fetched>(std::move(out));
+    if (!bw) {
+      if (std::chrono::steady_clock::now() >= deadline) co_return std::nullopt;
+      bw = std::make_shared<BoundedWait>();
+      timer.emplace(*ex_, deadline);
+      timer->async_wait([bw](error_code ec) {
+        if (ec) return;
+        bw->expired = true;
+        bw->signal.emit(asio::cancellation_type::terminal);
+      });
+    }
+    if (bw->expired) co_return std::nullopt;
+    WaitQueue& wq = trace_id.empty() ? sink_.any_readers : sink_.trace_readers[trace_id];
+    asio::cancellation_state state = co_await asio::this_coro::cancellation_state;
+    asio::cancellation_slot caller = state.slot();
+    if (caller.is_connected()) caller.assign([bw](asio::cancellation_type t) { bw->signal.emit(t); });
+    error_code ec;
+    co_await wq.wait(ec, bw->signal.slot());
+    if (caller.is_connected()) caller.clear();
+    if (!trace_id.empty())
+      if (auto w = sink_.trace_readers.find(trace_id); w != sink_.trace_readers.end() && w->second.empty())
+        sink_.trace_readers.erase(w);
+    if (ec) {
+      if (state.cancelled() != asio::cancellation_type::none || !bw->expired) throw boost::system::system_error(ec);
+      // Timed out: a result that arrived meanwhile still counts.
+      if (!stopping_ && running_ && take_result(trace_id, nullptr, out)) co_return std::optional<Fetched>(std::move(out));
+      co_return std::nullopt;
     }
   }
 }

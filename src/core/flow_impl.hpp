@@ -7,7 +7,9 @@
 
 #include <boost/asio/cancellation_signal.hpp>
 
+#include <chrono>
 #include <deque>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -96,6 +98,8 @@ class FlowImpl : public std::enable_shared_from_this<FlowImpl> {
   Task<void> emit(std::any msg, std::string trace_id, Targets to);
   void emit_nowait(std::any msg, std::string trace_id, Targets to);
   Task<Fetched> fetch(std::string trace_id, NodeRuntime* from);
+  /// fetch bounded by `deadline` (steady clock): nullopt once it passes with nothing fetched.
+  Task<std::optional<Fetched>> fetch_until(std::string trace_id, std::chrono::steady_clock::time_point deadline);
   Fetched fetch_nowait(std::string trace_id);
   Task<std::any> call(std::any msg, std::string trace_id);
   bool cancel(std::string_view trace_id);
@@ -141,6 +145,8 @@ class FlowImpl : public std::enable_shared_from_this<FlowImpl> {
   std::size_t try_deliver(NodeRuntime* from, std::span<NodeRuntime* const> targets, Item& item);
   Task<void> deliver(NodeRuntime* from, std::span<NodeRuntime* const> targets, Item item);
   Item pop(ItemQueue& q);
+  bool take_result(const std::string& trace_id, NodeRuntime* from, Fetched& out);
+  void begin_fetch(const std::string& trace_id, NodeRuntime* from);
 
   bool listening() const { return !options_.middlewares.empty(); }
   FlowEvent make_event(EventType type, const NodeRuntime* n, const TraceState* t, int attempt = 0) const;

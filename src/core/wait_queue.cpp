@@ -3,6 +3,7 @@
 #include <boost/asio/associated_executor.hpp>
 #include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/async_result.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/error.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
@@ -48,6 +49,13 @@ asio::awaitable<void> WaitQueue::wait() {
 asio::awaitable<void> WaitQueue::wait(error_code& ec) {
   ec = {};
   auto token = asio::redirect_error(asio::use_awaitable, ec);
+  return asio::async_initiate<decltype(token), void(error_code)>(
+      [this](auto handler) { enqueue(std::move(handler)); }, token);
+}
+
+asio::awaitable<void> WaitQueue::wait(error_code& ec, asio::cancellation_slot slot) {
+  ec = {};
+  auto token = asio::bind_cancellation_slot(slot, asio::redirect_error(asio::use_awaitable, ec));
   return asio::async_initiate<decltype(token), void(error_code)>(
       [this](auto handler) { enqueue(std::move(handler)); }, token);
 }

@@ -26,6 +26,9 @@ class WaitQueue {
   /// for waits that are cancelled routinely (node workers at stop()), where unwinding an
   /// exception through the awaitable frames costs microseconds.
   boost::asio::awaitable<void> wait(boost::system::error_code& ec);
+  /// Like wait(ec), cancelled through `slot` instead of the awaiting coroutine's own
+  /// cancellation state (a bounded wait forwards both its timer and its caller to it).
+  boost::asio::awaitable<void> wait(boost::system::error_code& ec, boost::asio::cancellation_slot slot);
   void notify_one();
   void notify_all();
   bool empty() const { return waiters_.empty(); }

@@ -21,6 +21,8 @@
 #include <boost/asio/awaitable.hpp>
 
 #include <any>
+#include <chrono>
+#include <optional>
 #include <functional>
 #include <memory>
 #include <string>
@@ -125,6 +127,18 @@ class Flow {
   /// Like fetch, with trace and source node.
   Task<Fetched> fetch_item(std::string trace_id);
   Task<Fetched> fetch_item();
+  /// fetch bounded in time, without a `fetch || timer` parallel group (one timer that
+  /// wakes just this waiter): the next result of `trace_id` (any trace when empty), or
+  /// nullopt when `timeout` passes first. A result already waiting is returned even with
+  /// a zero timeout. Cancellable like fetch (cancellation throws
+  /// system_error(operation_aborted), not nullopt); FlowStoppedError when the flow stops.
+  Task<std::optional<std::any>> fetch_for(std::string trace_id, std::chrono::steady_clock::duration timeout);
+  /// fetch_for with an absolute deadline: for a reader that fetches several results of
+  /// one trace (progress, then the answer) under one overall bound.
+  Task<std::optional<std::any>> fetch_until(std::string trace_id, std::chrono::steady_clock::time_point deadline);
+  /// fetch_for / fetch_until with trace and source node.
+  Task<std::optional<Fetched>> fetch_item_for(std::string trace_id, std::chrono::steady_clock::duration timeout);
+  Task<std::optional<Fetched>> fetch_item_until(std::string trace_id, std::chrono::steady_clock::time_point deadline);
   /// Next result produced by node `from` (source filtering). Refused with
   /// FlowUsageError once trace-scoped fetching is in use (C8).
   Task<std::any> fetch_from(const Node& from);
