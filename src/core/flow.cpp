@@ -590,6 +590,9 @@ Task<std::any> FlowImpl::call(std::any msg, std::string trace_id) {
 // One per node (C4, C5, C9, C10): waits on the inbox, then runs each message through the
 // node with its policy and hands the result on. The per-message steps run in this frame,
 // not in a callee coroutine: each coroutine call costs a frame allocation per message.
+// Everything off the success path (deadline skips, failures, retries, events, logging)
+// lives in separate functions: g++ keeps every local of a coroutine in its frame, and a
+// frame over ~1 KB misses malloc's thread cache (three per flow: ~7% of a flow per job).
 Task<void> FlowImpl::worker(NodeRuntime& n) {
   for (;;) {
     if (stopping_) co_return;
@@ -608,16 +611,7 @@ Task<void> FlowImpl::worker(NodeRuntime& n) {
     TraceState* t = item.trace.get();
     if (t && t->cancelled) continue;
     if (auto* m = std::any_cast<Message>(&item.value); m && m->deadline_s && wall_now() > *m->deadline_s) {
-      // C9: skip, record, and tell the trace's reader why nothing else is coming.
-      if (listening()) publish(make_event(EventType::deadline_skip, &n, t));
-      Item answer{m->with_payload(FinalAnswer{"Deadline exceeded"}), item.trace, &n};
-      bool aborted = false;
-      try {
-        if (!try_push_sink(answer)) co_await push_sink(std::move(answer));
-      } catch (...) {
-        aborted = true;  // stopped, or the trace was cancelled while the sink was full
-      }
-      if (aborted && !stopping_) co_await asio::this_coro::reset_cancellation_state();
+      co_await skip_past_deadline(n, std::move(item));
       continue;
     }
 
@@ -628,7 +622,6 @@ Task<void> FlowImpl::worker(NodeRuntime& n) {
     n.busy = true;
     n.current = t;
     Context ctx(this, &n, t);
-    auto interrupted = [&] { return stopping_ || (t && t->cancelled); };
 
     try {
       for (int attempt = 0;; ++attempt) {
@@ -650,16 +643,10 @@ Task<void> FlowImpl::worker(NodeRuntime& n) {
         } catch (...) {
           error = std::current_exception();
         }
-        // Only failures and listeners need the latency: spare the clock read on the hot path.
-        const double latency = (error || timed_out || listening()) ? mono_ms() - t0 : 0.0;
-        if (interrupted()) break;
+        if (stopping_ || (t && t->cancelled)) break;
 
         if (!error && !timed_out) {
-          if (listening()) {
-            auto ev = make_event(EventType::node_success, &n, t, attempt);
-            ev.latency_ms = latency;
-            publish(std::move(ev));
-          }
+          if (listening()) publish_success(n, t, attempt, t0);
           if (out) {
             // Named locals: g++ 12 miscompiles braced temporaries inside co_await.
             Item next{std::move(*out), item.trace, &n};
@@ -671,58 +658,11 @@ Task<void> FlowImpl::worker(NodeRuntime& n) {
           }
           break;
         }
-
-        std::string type;
-        std::string what = timed_out ? "attempt exceeded timeout of " + std::to_string(*policy.timeout_s) + " s"
-                                     : describe_exception(error, &type);
-        if (listening()) {
-          auto ev = make_event(timed_out ? EventType::node_timeout : EventType::node_error, &n, t, attempt);
-          ev.latency_ms = latency;
-          ev.extra["error"] = what;
-          publish(std::move(ev));
-        }
-        if (!last) {
-          double backoff = policy.backoff_for(attempt);
-          if (listening()) {
-            auto ev = make_event(EventType::node_retry, &n, t, attempt);
-            ev.extra["backoff_s"] = backoff;
-            publish(std::move(ev));
-          }
-          if (backoff > 0) {
-            asio::steady_timer timer(*ex_, std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                                               std::chrono::duration<double>(backoff)));
-            co_await timer.async_wait(asio::use_awaitable);
-          }
-          continue;
-        }
-        FlowError fe{t ? t->id : std::string(), spec.name, spec.id,
-                     timed_out ? FlowErrorCode::node_timeout
-                               : (is_validation(error) ? FlowErrorCode::validation_error : FlowErrorCode::node_exception),
-                     what, type, attempt + 1, latency};
-        if (listening()) {
-          auto ev = make_event(EventType::node_failed, &n, t, attempt);
-          ev.latency_ms = latency;
-          ev.extra["error"] = what;
-          ev.extra["code"] = to_string(fe.code);
-          publish(std::move(ev));
-        }
-        if (log_enabled(LogLevel::warn)) {
-          auto j = fe.to_json().as_object();
-          j["flow"] = options_.name;
-          log_record(LogLevel::warn, "node_failed", j);
-        }
-        if (options_.emit_errors_to_rookery && t) {
-          Item err_item{std::move(fe), item.trace, &n};
-          if (!try_push_sink(err_item)) co_await push_sink(std::move(err_item));
-        }
-        break;
+        if (!co_await after_failure(n, item, attempt, last, error, timed_out, t0)) break;
       }
     } catch (...) {
       // Only cancellation (trace cancel, stop) or a stop while waiting reaches here.
-      if (!interrupted()) {
-        log_record(LogLevel::error, "node_unexpected_error",
-                   {{"flow", options_.name}, {"node", spec.name}, {"error", describe_exception(std::current_exception())}});
-      }
+      if (!(stopping_ || (t && t->cancelled))) log_unexpected(n, std::current_exception());
     }
     if (t && t->cancelled && !stopping_) {
       if (listening()) publish(make_event(EventType::node_trace_cancelled, &n, t));
@@ -738,6 +678,85 @@ Task<void> FlowImpl::worker(NodeRuntime& n) {
       finish_if_cancelled(t);
     }
   }
+}
+
+// C9: skip, record, and tell the trace's reader why nothing else is coming.
+Task<void> FlowImpl::skip_past_deadline(NodeRuntime& n, Item item) {
+  TraceState* t = item.trace.get();
+  if (listening()) publish(make_event(EventType::deadline_skip, &n, t));
+  Item answer{std::any_cast<Message&>(item.value).with_payload(FinalAnswer{"Deadline exceeded"}), item.trace, &n};
+  bool aborted = false;
+  try {
+    if (!try_push_sink(answer)) co_await push_sink(std::move(answer));
+  } catch (...) {
+    aborted = true;  // stopped, or the trace was cancelled while the sink was full
+  }
+  if (aborted && !stopping_) co_await asio::this_coro::reset_cancellation_state();
+}
+
+void FlowImpl::publish_success(NodeRuntime& n, TraceState* t, int attempt, double t0) {
+  auto ev = make_event(EventType::node_success, &n, t, attempt);
+  ev.latency_ms = mono_ms() - t0;
+  publish(std::move(ev));
+}
+
+void FlowImpl::log_unexpected(NodeRuntime& n, std::exception_ptr e) {
+  log_record(LogLevel::error, "node_unexpected_error",
+             {{"flow", options_.name}, {"node", n.spec->name}, {"error", describe_exception(e)}});
+}
+
+// A failed or timed-out attempt: events, then either the backoff before the next attempt
+// (true: retry) or the final FlowError (false). Only failures pay for this frame.
+Task<bool> FlowImpl::after_failure(NodeRuntime& n, const Item& item, int attempt, bool last, std::exception_ptr error,
+                                   bool timed_out, double t0) {
+  const NodeSpec& spec = *n.spec;
+  const NodePolicy& policy = spec.options.policy;
+  TraceState* t = item.trace.get();
+  const double latency = mono_ms() - t0;
+  std::string type;
+  std::string what = timed_out ? "attempt exceeded timeout of " + std::to_string(*policy.timeout_s) + " s"
+                               : describe_exception(error, &type);
+  if (listening()) {
+    auto ev = make_event(timed_out ? EventType::node_timeout : EventType::node_error, &n, t, attempt);
+    ev.latency_ms = latency;
+    ev.extra["error"] = what;
+    publish(std::move(ev));
+  }
+  if (!last) {
+    double backoff = policy.backoff_for(attempt);
+    if (listening()) {
+      auto ev = make_event(EventType::node_retry, &n, t, attempt);
+      ev.extra["backoff_s"] = backoff;
+      publish(std::move(ev));
+    }
+    if (backoff > 0) {
+      asio::steady_timer timer(*ex_, std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                         std::chrono::duration<double>(backoff)));
+      co_await timer.async_wait(asio::use_awaitable);
+    }
+    co_return true;
+  }
+  FlowError fe{t ? t->id : std::string(), spec.name, spec.id,
+               timed_out ? FlowErrorCode::node_timeout
+                         : (is_validation(error) ? FlowErrorCode::validation_error : FlowErrorCode::node_exception),
+               what, type, attempt + 1, latency};
+  if (listening()) {
+    auto ev = make_event(EventType::node_failed, &n, t, attempt);
+    ev.latency_ms = latency;
+    ev.extra["error"] = what;
+    ev.extra["code"] = to_string(fe.code);
+    publish(std::move(ev));
+  }
+  if (log_enabled(LogLevel::warn)) {
+    auto j = fe.to_json().as_object();
+    j["flow"] = options_.name;
+    log_record(LogLevel::warn, "node_failed", j);
+  }
+  if (options_.emit_errors_to_rookery && t) {
+    Item err_item{std::move(fe), item.trace, &n};
+    if (!try_push_sink(err_item)) co_await push_sink(std::move(err_item));
+  }
+  co_return false;
 }
 
 Task<std::optional<NodeOutput>> FlowImpl::attempt_with_timeout(NodeRuntime& n, std::any& input, Context& ctx,

@@ -130,6 +130,11 @@ class FlowImpl : public std::enable_shared_from_this<FlowImpl> {
 
  private:
   Task<void> worker(NodeRuntime& n);
+  Task<void> skip_past_deadline(NodeRuntime& n, Item item);
+  Task<bool> after_failure(NodeRuntime& n, const Item& item, int attempt, bool last, std::exception_ptr error,
+                           bool timed_out, double t0);
+  void publish_success(NodeRuntime& n, TraceState* t, int attempt, double t0);
+  void log_unexpected(NodeRuntime& n, std::exception_ptr e);
   Task<std::optional<NodeOutput>> attempt_with_timeout(NodeRuntime& n, std::any& input, Context& ctx, double timeout_s);
 
   TraceRef trace_for(std::string_view id);
