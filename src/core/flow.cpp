@@ -177,24 +177,37 @@ void FlowImpl::run(asio::any_io_executor ex) {
   ex_ = ex;
   running_ = true;
   stopping_ = false;
-  auto self = shared_from_this();
-  for (auto& n : nodes_) {
-    ++workers_alive_;
-    asio::co_spawn(ex, worker(*n),
-                   asio::bind_cancellation_slot(n->signal.slot(), [self](std::exception_ptr e) {
-                     if (e) log_record(LogLevel::error, "node_worker_crashed", {{"error", describe_exception(e)}});
-                     --self->workers_alive_;
-                     self->workers_done_.notify_all();
-                   }));
-  }
+  // Workers start lazily, on their node's first message (spawn_worker from try_push): a
+  // worker started before its first message would park on its empty inbox and be woken
+  // for it, two more suspensions per node, and a node that never gets a message (a flow
+  // per job whose path skips it) costs nothing.
+  for (auto& n : nodes_)
+    if (!n->inbox.items.empty()) spawn_worker(*n);
+}
+
+void FlowImpl::spawn_worker(NodeRuntime& n) {
+  n.has_worker = true;
+  ++workers_alive_;
+  asio::co_spawn(*ex_, worker(n),
+                 asio::bind_cancellation_slot(n.signal.slot(), [self = shared_from_this(), &n](std::exception_ptr e) {
+                   if (e) log_record(LogLevel::error, "node_worker_crashed", {{"error", describe_exception(e)}});
+                   n.has_worker = false;
+                   if (--self->workers_alive_ == 0) self->workers_done_.notify_all();
+                 }));
 }
 
 Task<void> FlowImpl::stop() {
   if (!running_) co_return;
   auto self = shared_from_this();
   stopping_ = true;
-  for (auto& n : nodes_) n->signal.emit(asio::cancellation_type::terminal);
-  // Wake external emitters / fetchers: they see stopping_ and throw FlowStoppedError.
+  // Only a worker inside an invocation (or its delivery / backoff) needs cancelling; an
+  // idle one waits on its inbox (or on the sink, skipping a message past its deadline)
+  // and the wake-ups below end it: it sees stopping_ and returns. (Cancelling idle
+  // workers too cost a posted cancellation handler each: ~5% of a flow per job.)
+  for (auto& n : nodes_)
+    if (n->busy) n->signal.emit(asio::cancellation_type::terminal);
+  // Wake idle workers and external emitters / fetchers: they see stopping_ (the latter
+  // throw FlowStoppedError).
   for (auto& n : nodes_) {
     n->inbox.writers.notify_all();
     n->inbox.readers.notify_all();
@@ -292,7 +305,11 @@ bool FlowImpl::try_push(NodeRuntime& n, Item& item) {
   if (n.inbox.full()) return false;
   if (item.trace) ++item.trace->pending;
   n.inbox.items.push_back(std::move(item));
-  n.inbox.readers.notify_one();
+  if (!n.has_worker) {
+    if (running_ && !stopping_) spawn_worker(n);  // else stop() clears the inbox
+  } else {
+    n.inbox.readers.notify_one();
+  }
   return true;
 }
 

@@ -70,6 +70,7 @@ struct NodeRuntime {
   boost::asio::cancellation_signal signal;  // stop, and cancel of the current trace
   TraceState* current = nullptr;            // trace of the invocation in flight
   bool busy = false;
+  bool has_worker = false;  // started on the first message after run(), ended by stop()
 };
 
 /// The sink ("Rookery"): results in arrival order, fetched by trace or in order.
@@ -130,6 +131,7 @@ class FlowImpl : public std::enable_shared_from_this<FlowImpl> {
 
  private:
   Task<void> worker(NodeRuntime& n);
+  void spawn_worker(NodeRuntime& n);
   Task<void> skip_past_deadline(NodeRuntime& n, Item item);
   Task<bool> after_failure(NodeRuntime& n, const Item& item, int attempt, bool last, std::exception_ptr error,
                            bool timed_out, double t0);

@@ -114,6 +114,37 @@ TEST(C2_Lifecycle, StopCancelsBlockedNodeAndWaitingFetch) {
   }());
 }
 
+TEST(C2_Lifecycle, StopEndsIdleAndBusyWorkersAndTheFlowRunsAgain) {
+  run_async([]() -> Task<void> {
+    auto guard = std::make_shared<int>(0);  // copied into the held invocation's frame
+    bool finished = false;
+    Node a = identity("a"), c = identity("c"), unused = identity("unused");
+    Node hold("hold", [&, guard](int x, Context& ctx) -> Task<int> {
+      auto mine = guard;
+      if (x < 0) co_await ctx.sleep(3600);
+      if (x < 0) finished = true;
+      co_return x;
+    });
+    Flow flow({a.to(hold, unused), hold.to(c), c.to(), unused.to()});
+    auto ex = co_await asio::this_coro::executor;
+    flow.run(ex);
+    Targets only_a{a};
+    co_await flow.emit(1, "t1", only_a);
+    EXPECT_EQ(std::any_cast<int>(co_await flow.fetch("t1")), 1);  // a, hold, c now idle
+    Targets only_a2{a};
+    co_await flow.emit(-1, "t2", only_a2);  // hold keeps it
+    EXPECT_TRUE(co_await penguiflow::testing::eventually([&]() -> Task<bool> { co_return guard.use_count() > 2; }));
+    co_await flow.stop();  // idle a / c, busy hold, never-started unused
+    EXPECT_FALSE(finished);
+    EXPECT_EQ(guard.use_count(), 2);  // the held invocation's frame is gone (the node keeps one copy)
+    flow.run(ex);
+    Targets only_a3{a};
+    co_await flow.emit(3, "t3", only_a3);
+    EXPECT_EQ(std::any_cast<int>(co_await flow.fetch("t3")), 3);
+    co_await flow.stop();
+  }());
+}
+
 TEST(C3_Backpressure, EmitNowaitFailsWhenFull) {
   run_async([]() -> Task<void> {
     bool started = false, release = false;
