@@ -259,11 +259,7 @@ bool FlowImpl::cancel(std::string_view trace_id) {
   if (t->cancelled) return true;
   t->cancelled = true;
   if (listening()) publish(make_event(EventType::trace_cancel_start, nullptr, t.get()));
-  auto drop = [&](std::deque<Item>& q) {
-    auto before = q.size();
-    std::erase_if(q, [&](const Item& i) { return i.trace.get() == t.get(); });
-    return before - q.size();
-  };
+  auto drop = [&](ItemRing& q) { return q.remove_if([&](const Item& i) { return i.trace.get() == t.get(); }); };
   for (auto& n : nodes_) {
     auto dropped = drop(n->inbox.items);
     if (dropped) {
