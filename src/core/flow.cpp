@@ -7,6 +7,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/container/small_vector.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -92,6 +93,7 @@ FlowImpl::FlowImpl(std::vector<Adjacency> adjacency, FlowOptions options) : opti
     nodes_.push_back(std::move(rt));
     return p;
   };
+  nodes_.reserve(adjacency.size());
   for (auto& adj : adjacency) {
     NodeRuntime* from = add(adj.from);
     for (auto& to : adj.to) {
@@ -106,8 +108,8 @@ FlowImpl::FlowImpl(std::vector<Adjacency> adjacency, FlowOptions options) : opti
   // C1: reject cycles unless allowed (a node may allow its own self-loop).
   if (!options_.allow_cycles) {
     enum Mark : unsigned char { white, grey, black };
-    std::vector<Mark> mark(nodes_.size(), white);
-    std::vector<NodeRuntime*> path;
+    boost::container::small_vector<Mark, 32> mark(nodes_.size(), white);
+    boost::container::small_vector<NodeRuntime*, 32> path;
     auto dfs = [&](auto& self, NodeRuntime* n) -> void {
       mark[n->index] = grey;
       path.push_back(n);

@@ -85,6 +85,7 @@ std::string Flow::to_dot() const { return impl_->to_dot(); }
 // ---------------------------------------------------------------- Context
 
 const std::string& Context::node_name() const { return node_->spec->name; }
+const std::string& detail::context_node_name(const Context& ctx) { return ctx.node_name(); }
 const std::string& Context::node_id() const { return node_->spec->id; }
 const std::string& Context::trace_id() const {
   static const std::string none;

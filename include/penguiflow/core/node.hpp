@@ -54,6 +54,9 @@ using NodeOutput = std::optional<std::any>;
 
 namespace detail {
 
+/// The name of the node a Context serves (Context is incomplete here).
+const std::string& context_node_name(const Context& ctx);
+
 template <class F>
 struct callable_traits : callable_traits<decltype(&std::remove_cvref_t<F>::operator())> {};
 template <class C, class R, class A, class X>
@@ -190,14 +193,16 @@ std::shared_ptr<const NodeSpec> Node::make_spec(std::string name, F fn, NodeOpti
   const Validate v = options.policy.validate.value_or(Validate::both);
   const bool hook_in = v == Validate::in || v == Validate::both;
   const bool hook_out = v == Validate::out || v == Validate::both;
-  spec->invoke = [fn = std::move(fn), node = spec->name, hook_in, hook_out](std::any& in, Context& ctx) -> Task<NodeOutput> {
-    In arg = detail::take_input<In>(in, node, hook_in);
+  // Captures no string: a captureless `fn` keeps the wrapper inside std::function's local
+  // buffer (no allocation per node; a flow per job builds its nodes every time).
+  spec->invoke = [fn = std::move(fn), hook_in, hook_out](std::any& in, Context& ctx) -> Task<NodeOutput> {
+    In arg = detail::take_input<In>(in, detail::context_node_name(ctx), hook_in);
     if constexpr (std::is_void_v<Out>) {
       co_await fn(std::move(arg), ctx);
       co_return std::nullopt;
     } else {
       Out out = co_await fn(std::move(arg), ctx);
-      co_return detail::wrap_output(std::move(out), node, hook_out);
+      co_return detail::wrap_output(std::move(out), detail::context_node_name(ctx), hook_out);
     }
   };
   return spec;
