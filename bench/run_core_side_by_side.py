@@ -99,8 +99,20 @@ def main() -> int:
     ap.add_argument("--py-sizes", action="store_true", help="core_bench uses bench_core.py's exact sizes")
     ap.add_argument("--penguiflow-src", default=str(HERE / "penguiflow-src"))
     ap.add_argument("--core-bench", default=str(ROOT / "build" / "bench" / "core_bench"))
-    ap.add_argument("--out", default=str(HERE / "data" / "core_side_by_side.jsonl"), help="appends one JSON line")
+    ap.add_argument("--out", default=str(HERE / "data" / "core_side_by_side.jsonl"),
+                    help="appends one JSON line; the table goes to the same name with .txt")
+    ap.add_argument("--cases", default="", help="comma list: only these cases (default: every case)")
     args = ap.parse_args()
+    wanted = [c for c in args.cases.split(",") if c]
+    unknown = [c for c in wanted if c not in SHARED_CASES + CPP_ONLY]
+    if unknown:
+        print(f"unknown case(s): {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    shared = [c for c in SHARED_CASES if not wanted or c in wanted]
+    if not shared:
+        print("--cases needs at least one case upstream runs too", file=sys.stderr)
+        return 2
+    cpp_only = [c for c in CPP_ONLY if not wanted or c in wanted]
     reps = 1 if args.quick and args.reps == 3 else args.reps
 
     probe = subprocess.run([sys.executable, "-c", "import pydantic; print(pydantic.VERSION)"], capture_output=True, text=True)
@@ -125,9 +137,9 @@ def main() -> int:
             os.chmod(os.path.join(d, f), 0o644)
     py_out, cpp_out = tmp / "py.jsonl", tmp / "cpp.jsonl"
     for rep in range(1, reps + 1):
-        py_cmd = [sys.executable, str(pydir / "bench_core.py"), "--cases", ",".join(SHARED_CASES), "--reps", "1",
+        py_cmd = [sys.executable, str(pydir / "bench_core.py"), "--cases", ",".join(shared), "--reps", "1",
                   "--penguiflow-src", str(src), "--out", str(py_out)]
-        cpp_cmd = [str(core_bench), "--cases", ",".join(SHARED_CASES + CPP_ONLY), "--reps", "1", "--out", str(cpp_out)]
+        cpp_cmd = [str(core_bench), "--cases", ",".join(shared + cpp_only), "--reps", "1", "--out", str(cpp_out)]
         if args.quick:
             py_cmd.append("--quick")
             cpp_cmd.append("--quick")
@@ -156,7 +168,7 @@ def main() -> int:
     hdr = f"{'case':22} | {'ours median [min–max]':34} | {'upstream median [min–max]':30} | {'ours/upstream':>13}"
     lines.append(hdr)
     lines.append("-" * len(hdr))
-    for case in SHARED_CASES:
+    for case in shared:
         key = RATE[case]
         a, b = med(cpp, case, key), med(py, case, key)
         ratio = f"{a / b:,.1f}x" if a and b else "-"
@@ -223,7 +235,7 @@ def main() -> int:
     with out.open("a") as fh:
         fh.write(json.dumps({"ts": time.time(), "reps": reps, "quick": args.quick, "py_sizes": args.py_sizes,
                              "targets": verdicts, "upstream": py, "ours": cpp}) + "\n")
-    (out.parent / "core_side_by_side.txt").write_text(text + "\n")
+    out.with_suffix(".txt").write_text(text + "\n")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

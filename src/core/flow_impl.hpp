@@ -112,9 +112,16 @@ class ItemRing {
     while (size_) pop_front();
     head_ = 0;
   }
-  /// Removes the item at `it`, keeping the order of the others.
+  /// Removes the item at `it`, keeping the order of the others; shifts the shorter side
+  /// (the front one for a fetch taking the oldest result: O(1) like deque::pop_front).
   void erase(iterator it) {
-    for (std::size_t i = it.i_; i + 1 < size_; ++i) at(i) = std::move(at(i + 1));
+    std::size_t i = it.i_;
+    if (i < size_ / 2) {
+      for (; i > 0; --i) at(i) = std::move(at(i - 1));
+      pop_front();
+      return;
+    }
+    for (; i + 1 < size_; ++i) at(i) = std::move(at(i + 1));
     at(size_ - 1).~Item();
     --size_;
   }
