@@ -524,7 +524,13 @@ struct BoundedWait {
 // One timer per call and no parallel group: the timer (or the caller's cancellation,
 // forwarded) emits a signal the sink wait is bound to. Same checks, errors and ordering as
 // fetch(); a result already in the sink is returned even past the deadline.
-Task<std::optional<Fetched>> FlowImpl::fetch_until(std::string trace_id, std::chrono::steady_clock::time_point deadline) {
+template <class R>
+Task<std::optional<R>> FlowImpl::fetch_until(std::string trace_id, std::chrono::steady_clock::time_point deadline) {
+  // R = std::any: Flow::fetch_until returns this coroutine itself (no converting frame).
+  auto result = [](Fetched& f) {
+    if constexpr (std::is_same_v<R, Fetched>) return std::optional<R>(std::move(f));
+    else return std::optional<R>(std::move(f.value));
+  };
   begin_fetch(trace_id, nullptr);
   auto self = shared_from_this();
   std::shared_ptr<BoundedWait> bw;
@@ -532,7 +538,7 @@ Task<std::optional<Fetched>> FlowImpl::fetch_until(std::string trace_id, std::ch
   Fetched out;
   for (;;) {
     if (stopping_ || !running_) throw FlowStoppedError("flow '" + options_.name + "' stopped");
-    if (take_result(trace_id, nullptr, out)) co_return std::optional<Fetched>(std::move(out));
+    if (take_result(trace_id, nullptr, out)) co_return result(out);
     if (!bw) {
       if (std::chrono::steady_clock::now() >= deadline) co_return std::nullopt;
       bw = std::make_shared<BoundedWait>();
@@ -557,11 +563,14 @@ Task<std::optional<Fetched>> FlowImpl::fetch_until(std::string trace_id, std::ch
     if (ec) {
       if (state.cancelled() != asio::cancellation_type::none || !bw->expired) throw boost::system::system_error(ec);
       // Timed out: a result that arrived meanwhile still counts.
-      if (!stopping_ && running_ && take_result(trace_id, nullptr, out)) co_return std::optional<Fetched>(std::move(out));
+      if (!stopping_ && running_ && take_result(trace_id, nullptr, out)) co_return result(out);
       co_return std::nullopt;
     }
   }
 }
+
+template Task<std::optional<Fetched>> FlowImpl::fetch_until<Fetched>(std::string, std::chrono::steady_clock::time_point);
+template Task<std::optional<std::any>> FlowImpl::fetch_until<std::any>(std::string, std::chrono::steady_clock::time_point);
 
 Fetched FlowImpl::fetch_nowait(std::string trace_id) {
   check_running("fetch_nowait");

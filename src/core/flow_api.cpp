@@ -43,18 +43,16 @@ Task<std::any> Flow::fetch() { return fetch(std::string()); }
 Task<Fetched> Flow::fetch_item(std::string trace_id) { return impl_->fetch(std::move(trace_id), nullptr); }
 Task<Fetched> Flow::fetch_item() { return impl_->fetch(std::string(), nullptr); }
 Task<std::optional<std::any>> Flow::fetch_until(std::string trace_id, std::chrono::steady_clock::time_point deadline) {
-  auto f = co_await impl_->fetch_until(std::move(trace_id), deadline);
-  if (!f) co_return std::nullopt;
-  co_return std::optional<std::any>(std::move(f->value));
+  return impl_->fetch_until<std::any>(std::move(trace_id), deadline);
 }
 Task<std::optional<std::any>> Flow::fetch_for(std::string trace_id, std::chrono::steady_clock::duration timeout) {
-  return fetch_until(std::move(trace_id), std::chrono::steady_clock::now() + timeout);
+  return impl_->fetch_until<std::any>(std::move(trace_id), std::chrono::steady_clock::now() + timeout);
 }
 Task<std::optional<Fetched>> Flow::fetch_item_until(std::string trace_id, std::chrono::steady_clock::time_point deadline) {
-  return impl_->fetch_until(std::move(trace_id), deadline);
+  return impl_->fetch_until<Fetched>(std::move(trace_id), deadline);
 }
 Task<std::optional<Fetched>> Flow::fetch_item_for(std::string trace_id, std::chrono::steady_clock::duration timeout) {
-  return impl_->fetch_until(std::move(trace_id), std::chrono::steady_clock::now() + timeout);
+  return impl_->fetch_until<Fetched>(std::move(trace_id), std::chrono::steady_clock::now() + timeout);
 }
 Task<std::any> Flow::fetch_from(const Node& from) {
   auto n = std::find_if(impl_->nodes_.begin(), impl_->nodes_.end(),

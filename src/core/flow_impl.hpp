@@ -211,7 +211,9 @@ class FlowImpl : public std::enable_shared_from_this<FlowImpl> {
   void emit_nowait(std::any msg, std::string trace_id, Targets to);
   Task<Fetched> fetch(std::string trace_id, NodeRuntime* from);
   /// fetch bounded by `deadline` (steady clock): nullopt once it passes with nothing fetched.
-  Task<std::optional<Fetched>> fetch_until(std::string trace_id, std::chrono::steady_clock::time_point deadline);
+  /// R: Fetched, or std::any (the value alone). Instantiated in flow.cpp.
+  template <class R>
+  Task<std::optional<R>> fetch_until(std::string trace_id, std::chrono::steady_clock::time_point deadline);
   Fetched fetch_nowait(std::string trace_id);
   Task<std::any> call(std::any msg, std::string trace_id);
   bool cancel(std::string_view trace_id);
