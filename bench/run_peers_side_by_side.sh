@@ -3,9 +3,11 @@
 # machine (it is shared and noisy: only ratios measured together count).
 #
 #   bench/run_peers_side_by_side.sh
+#   bench/run_peers_side_by_side.sh --summary results.jsonl   # the tables again, from a past run
 #   env: RUNS=1 N=50000 PARTS="redis pg sqlite idle" REDIS_PORT=6390 PG_PORT=5440
 #        WORK=/tmp/penguiflow-peers (writable copies of ../shared/bench/peers{,-pg}, results)
-#        GRAPHILE_CFGS="default:50 batched:50" PGBOSS_MODES="b100 b100lc10" MODE=stateless
+#        GRAPHILE_CFGS="default:50 batched:50" PGBOSS_MODES="b100 b100lc10"
+#        MODES="stateless" (worker_bench flow modes; "stateless long-lived" runs both)
 #
 # What runs (interleaved per run: every part of run 1, then run 2, ...), N no-op jobs each:
 #   redis   BullMQ 6.7 and bee-queue 2.0 process c=50, c=200 (../shared/bench/peers), then
@@ -35,8 +37,154 @@ REDIS_PORT=${REDIS_PORT:-6390}
 PG_PORT=${PG_PORT:-5440}
 GRAPHILE_CFGS=${GRAPHILE_CFGS:-"default:50 batched:50"}
 PGBOSS_MODES=${PGBOSS_MODES:-"b100 b100lc10"}
-MODE=${MODE:-stateless}
+MODES=${MODES:-stateless}
+MODE=${MODES%% *}  # idle and shutdown checks: the first mode
 want() { [[ " $PARTS " == *" $1 "* ]]; }
+
+# summarize RESULTS.jsonl: every row (median, min-max), the ratios ours/peer with their
+# targets, and CPU per job (less sensitive than jobs/s to other load on this shared machine).
+summarize() {
+  python3 - "$1" <<'PY'
+import json, statistics, sys
+
+rows = {}  # (peer, metric, variant) -> [values]
+units = {}
+errors = []
+for line in open(sys.argv[1]):
+    line = line.strip()
+    if not line.startswith("{"):
+        continue
+    o = json.loads(line)
+    if "suite" in o:  # peers-pg: one object per run
+        if o["suite"] == "graphile-worker":
+            variant = f"{o['mode']} c={o['concurrency']}"
+        else:
+            variant = o["mode"]
+        o = {"peer": o["suite"], "metric": "process", "variant": variant, "value": o["process_jobs_per_s"], "unit": "jobs/s"}
+    if "error" in o:
+        errors.append(o)
+        continue
+    key = (o["peer"], o["metric"], o["variant"])
+    rows.setdefault(key, []).append(float(o["value"]))
+    units[key] = o.get("unit", "")
+
+def fmt(x):
+    if x is None:
+        return "—"
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.3g}"
+
+def med(key):
+    v = rows.get(key)
+    return statistics.median(v) if v else None
+
+print("## All measurements (median, min – max, runs)\n")
+print("| peer | metric | variant | median | min – max | unit | runs |\n|---|---|---|---:|---:|---|---:|")
+for key, v in rows.items():
+    if key[0] == "host":
+        continue
+    print(f"| {key[0]} | {key[1]} | {key[2]} | {fmt(statistics.median(v))} | {fmt(min(v))} – {fmt(max(v))} | {units[key]} | {len(v)} |")
+loads = rows.get(("host", "load average (1 min) before each bench", ""), [])
+if loads:
+    print(f"\n1-min load average before each bench: median {fmt(statistics.median(loads))} ({fmt(min(loads))} – {fmt(max(loads))})")
+
+ours = lambda b: f"penguiflow-cpp ({b})"
+Q, E = "process", "end-to-end (3-node flow per job)"
+modes = sorted({k[2].split(", ")[1] for k in rows if k[1] == E and ", " in k[2]}, key=lambda m: m != "stateless")
+
+def e2e(backend, c, mode):
+    v = [k for k in rows if k[0] == ours(backend) and k[1] == E and k[2].startswith(f"c={c}, {mode}")]
+    return (v[0][2], med(v[0])) if v else (None, None)
+
+# (backend, peer, peer variant, our concurrency, queue target, end-to-end target)
+pairs = []
+for c in (50, 200):
+    pairs.append(("redis", "bullmq", f"c={c}", c, 5, 3))
+    pairs.append(("redis", "bee-queue", f"c={c}", c, 2.5, 3))
+for key in list(rows):
+    if key[1] != "process":
+        continue
+    if key[0] == "graphile-worker":
+        for c in (50, 200):
+            pairs.append(("postgresql", "graphile-worker", key[2], c, 3, 3))
+    if key[0] == "pg-boss":
+        for c in (50, 200):
+            pairs.append(("postgresql", "pg-boss", key[2], c, 5, 3))
+for c in (1, 50, 200):
+    pairs.append(("sqlite", "plainjob", "1 in-process worker", c, 5, 3))
+
+mark = lambda r, t: "—" if r is None else (f"**{r:.2f}×** ✓" if r >= t else f"{r:.2f}× ✗")
+print("\n## Ratios ours / peer, jobs/s (medians; ✓ = target met)\n")
+print("(a) queue processing: queue_bench fetch+complete of no-op jobs. (b) end to end: worker_bench, a")
+print("Worker running a 3-node flow per job (the peers run a no-op handler). Same concurrency where the")
+print("peer has one; plainjob runs one job at a time, graphile-worker batched leases up to 550 jobs, pg-boss")
+print("fetches 100 a batch, so ours is shown at several concurrencies.\n")
+head = "| backend | peer (variant) | peer jobs/s | ours c | (a) queue_bench | ratio | target |"
+for m in modes:
+    head += f" (b) {m} | ratio | target |"
+print(head)
+print("|---|---|---:|---:|---:|---:|---:|" + "---:|---:|---:|" * len(modes))
+for backend, peer, pv, c, qt, et in pairs:
+    p = med((peer, "process", pv))
+    if p is None:
+        continue
+    q = med((ours(backend), Q, f"c={c}"))
+    if q is None and not any(e2e(backend, c, m)[1] for m in modes):
+        continue
+    line = f"| {backend} | {peer} ({pv}) | {fmt(p)} | {c} | {fmt(q)} | {mark(q / p if q else None, qt)} | {qt}× |"
+    for m in modes:
+        _, e = e2e(backend, c, m)
+        line += f" {fmt(e)} | {mark(e / p if e else None, et)} | {et}× |"
+    print(line)
+
+print("\n## CPU per job, µs (medians; the client process, and the server where measured)\n")
+print("| backend | who | variant | client | server | total | peer total / ours |")
+print("|---|---|---|---:|---:|---:|---:|")
+def cpu_rows(backend, peer_specs, ours_specs):
+    peer_tot = {}
+    for peer, pv in peer_specs:
+        cl = med((peer, "process: CPU/job node", pv))
+        sv = med((peer, "process: CPU/job redis", pv))
+        if cl is None:
+            continue
+        tot = cl + (sv or 0)
+        k = pv.split(" ")[0]
+        peer_tot[k] = min(peer_tot.get(k, tot), tot)
+        print(f"| {backend} | {peer} | {pv} | {fmt(cl)} | {fmt(sv)} | {fmt(tot)} | |")
+    for label, metric_c, metric_s, variant, cmp in ours_specs:
+        cl = med((ours(backend), metric_c, variant))
+        if cl is None:
+            continue
+        sv = med((ours(backend), metric_s, variant)) if metric_s else None
+        tot = cl + (sv or 0)
+        best = peer_tot.get(cmp)
+        ratio = f"{best / tot:.2f}×" if best and (sv is not None or backend == "sqlite") else ""
+        print(f"| {backend} | ours: {label} | {variant} | {fmt(cl)} | {fmt(sv)} | {fmt(tot)} | {ratio} |")
+for backend, peers_, cs in (("redis", ["bullmq", "bee-queue"], (50, 200)), ("postgresql", [], (50, 200)), ("sqlite", ["plainjob"], (1, 50, 200))):
+    specs = [(p_, f"c={c}") for p_ in peers_ for c in cs] if backend == "redis" else [(p_, "1 in-process worker") for p_ in peers_]
+    ospecs = []
+    for c in cs:
+        cmp = f"c={c}" if backend == "redis" else "1"
+        ospecs.append(("queue_bench", "process cpu", None, f"c={c}", cmp))
+        for m in modes:
+            v, _ = e2e(backend, c, m)
+            if v:
+                ospecs.append(("worker_bench", "end-to-end cpu", "end-to-end server cpu (--server-cpu-probe)", v, cmp))
+    cpu_rows(backend, specs, ospecs)
+print("\n\"peer total / ours\": the leanest peer at that concurrency over ours (Redis: client +")
+print("redis-server; SQLite: the one process). queue_bench reports no server CPU, so it gets no Redis ratio.")
+
+if errors:
+    print("\n## Failures\n")
+    for o in errors:
+        print(f"- {o.get('peer')}: {o.get('variant')} ({o.get('error')})")
+PY
+}
+if [ "${1:-}" = --summary ]; then
+  summarize "${2:?usage: $0 --summary results.jsonl}"
+  exit 0
+fi
 
 mkdir -p "$WORK"
 OUT=$WORK/results/$(date +%Y%m%d-%H%M%S)
@@ -157,7 +305,9 @@ for r in $(seq 1 "$RUNS"); do
       rflush; run bee-queue node "$WORK/peers/bench_beequeue.mjs" --mode=throughput --n="$N" --concurrency="$c" --remove=0 --port="$REDIS_PORT"
     done
     rflush; run queue_bench "$QB" --queue "$REDIS_URL" --jobs "$N" --concurrency 50,200
-    rflush; run worker_bench "$WB" --queue "$REDIS_URL" --jobs "$N" --concurrency 50,200 --mode "$MODE" --cases e2e --server-cpu-probe "$REDIS_CPU"
+    for m in $MODES; do
+      rflush; run worker_bench "$WB" --queue "$REDIS_URL" --jobs "$N" --concurrency 50,200 --mode "$m" --cases e2e --server-cpu-probe "$REDIS_CPU"
+    done
     rflush
   fi
   if want pg; then
@@ -168,7 +318,9 @@ for r in $(seq 1 "$RUNS"); do
       run pg-boss "$NODE22" "$WORK/peers-pg/bench_pgboss.mjs" --n "$N" --mode "$m" --rep "$r"
     done
     pg_fresh; run queue_bench "$QB" --queue "$PG_URL" --jobs "$N" --concurrency 50,200
-    pg_fresh; run worker_bench "$WB" --queue "$PG_URL" --jobs "$N" --concurrency 50,200 --mode "$MODE" --cases e2e --server-cpu-probe "$PG_CPU"
+    for m in $MODES; do
+      pg_fresh; run worker_bench "$WB" --queue "$PG_URL" --jobs "$N" --concurrency 50,200 --mode "$m" --cases e2e --server-cpu-probe "$PG_CPU"
+    done
     pg_fresh
   fi
   if want sqlite; then
@@ -176,8 +328,10 @@ for r in $(seq 1 "$RUNS"); do
     rm -f /tmp/bench-plainjob.db*
     run queue_bench "$QB" --queue "sqlite://$OUT/qb.db" --jobs "$N" --concurrency 1,50,200
     rm -f "$OUT"/qb.db*
-    run worker_bench "$WB" --queue "sqlite://$OUT/wb.db" --jobs "$N" --concurrency 1,50,200 --mode "$MODE" --cases e2e
-    rm -f "$OUT"/wb.db*
+    for m in $MODES; do
+      run worker_bench "$WB" --queue "sqlite://$OUT/wb.db" --jobs "$N" --concurrency 1,50,200 --mode "$m" --cases e2e
+      rm -f "$OUT"/wb.db*
+    done
   fi
 done
 
@@ -197,87 +351,6 @@ fi
 cleanup
 trap - EXIT
 
-# ---------- summary ----------
-python3 - "$RES" >"$OUT/summary.md" <<'PY'
-import json, statistics, sys
-
-rows = {}  # (peer, metric, variant) -> [values]
-units = {}
-errors = []
-for line in open(sys.argv[1]):
-    line = line.strip()
-    if not line.startswith("{"):
-        continue
-    o = json.loads(line)
-    if "suite" in o:  # peers-pg: one object per run
-        if o["suite"] == "graphile-worker":
-            variant = f"{o['mode']} c={o['concurrency']}"
-        else:
-            variant = o["mode"]
-        o = {"peer": o["suite"], "metric": "process", "variant": variant, "value": o["process_jobs_per_s"], "unit": "jobs/s"}
-    if "error" in o:
-        errors.append(o)
-        continue
-    key = (o["peer"], o["metric"], o["variant"])
-    rows.setdefault(key, []).append(float(o["value"]))
-    units[key] = o.get("unit", "")
-
-def fmt(x):
-    if x is None:
-        return "—"
-    if abs(x) >= 100:
-        return f"{x:,.0f}"
-    return f"{x:.3g}"
-
-def med(key):
-    v = rows.get(key)
-    return statistics.median(v) if v else None
-
-print("## All measurements (median, min – max, runs)\n")
-print("| peer | metric | variant | median | min – max | unit | runs |\n|---|---|---|---:|---:|---|---:|")
-for key, v in rows.items():
-    if key[0] == "host":
-        continue
-    print(f"| {key[0]} | {key[1]} | {key[2]} | {fmt(statistics.median(v))} | {fmt(min(v))} – {fmt(max(v))} | {units[key]} | {len(v)} |")
-loads = rows.get(("host", "load average (1 min) before each bench", ""), [])
-if loads:
-    print(f"\n1-min load average before each bench: median {fmt(statistics.median(loads))} ({fmt(min(loads))} – {fmt(max(loads))})")
-
-ours = lambda b: f"penguiflow-cpp ({b})"
-Q, E = "process", "end-to-end (3-node flow per job)"
-# (backend, peer, peer variant, our variant for queue_bench, our variant for worker_bench, queue target, e2e target)
-pairs = []
-for c in (50, 200):
-    pairs.append(("redis", "bullmq", f"c={c}", f"c={c}", c, 5, 3))
-    pairs.append(("redis", "bee-queue", f"c={c}", f"c={c}", c, 2.5, 3))
-for key in rows:
-    if key[0] == "graphile-worker" and key[1] == "process":
-        pairs.append(("postgresql", "graphile-worker", key[2], "c=50", 50, 3, 3))
-    if key[0] == "pg-boss" and key[1] == "process":
-        pairs.append(("postgresql", "pg-boss", key[2], "c=50", 50, 5, 3))
-pairs.append(("sqlite", "plainjob", "1 in-process worker", "c=50", 50, 5, 3))
-pairs.append(("sqlite", "plainjob", "1 in-process worker", "c=1", 1, 5, 3))
-
-print("\n## Ratios ours / peer (medians; ≥ target is met)\n")
-print("| backend | peer (variant) | peer jobs/s | ours: queue_bench fetch+complete | ratio (a) | target | ours: worker_bench 3-node flow per job | ratio (b) | target |")
-print("|---|---|---:|---|---:|---:|---|---:|---:|")
-modes = sorted({k[2].split(", ")[1] for k in rows if k[1] == E and ", " in k[2]}) or ["stateless"]
-for backend, peer, pv, qv, c, qt, et in pairs:
-    p = med((peer, "process", pv))
-    if p is None:
-        continue
-    q = med((ours(backend), Q, qv))
-    ev = next((k[2] for k in rows if k[0] == ours(backend) and k[1] == E and k[2].startswith(f"c={c}, ")), None)
-    e = med((ours(backend), E, ev)) if ev else None
-    ra = q / p if q and p else None
-    rb = e / p if e and p else None
-    mark = lambda r, t: "—" if r is None else (f"**{r:.2f}×** ✓" if r >= t else f"{r:.2f}× ✗")
-    print(f"| {backend} | {peer} ({pv}) | {fmt(p)} | {qv}: {fmt(q)} | {mark(ra, qt)} | {qt}× | {ev or '—'}: {fmt(e)} | {mark(rb, et)} | {et}× |")
-
-if errors:
-    print("\n## Failures\n")
-    for o in errors:
-        print(f"- {o.get('peer')}: {o.get('variant')} ({o.get('error')})")
-PY
+summarize "$RES" >"$OUT/summary.md"
 cat "$OUT/summary.md"
 say "results: $RES  summary: $OUT/summary.md  log: $LOG"
