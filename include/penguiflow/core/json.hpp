@@ -25,10 +25,12 @@
 
 namespace penguiflow {
 
-/// Demangled C++ type name, for messages.
+/// Demangled C++ type name, for messages. Computed once per type (a typed node asks for
+/// its types every time it is built, and the stateless worker builds flows per job).
 template <class T>
-std::string type_name() {
-  return boost::core::demangle(typeid(T).name());
+const std::string& type_name() {
+  static const std::string name = boost::core::demangle(typeid(T).name());
+  return name;
 }
 
 std::string_view json_kind(const boost::json::value& v);
