@@ -167,7 +167,7 @@ TEST(RedisKeys, EveryKeyOfAQueueSharesOneHashTag) {
 }
 
 TEST(RedisScripts, EveryScriptReadsTheSharedKeysOnly) {
-  for (auto s : {Script::enqueue, Script::fetch, Script::settle, Script::admin}) {
+  for (auto s : {Script::enqueue, Script::fetch, Script::settle, Script::admin, Script::settle_batch}) {
     const auto& text = script_text(s);
     EXPECT_NE(text.find("KEYS[9]"), std::string::npos);
     EXPECT_EQ(text.find("KEYS[10]"), std::string::npos);

@@ -28,6 +28,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <iostream>
 #include <set>
@@ -654,6 +655,96 @@ TEST_F(RedisQueueTest, ConcurrentRequestsArePipelinedOnOneConnection) {
     std::vector<std::string> cmd11{"DEL", key};
     co_await c.exec(std::move(cmd11));
     c.close();
+  }());
+}
+
+// Concurrent complete / retry / fail calls go as one settle_batch script per round trip,
+// each still fenced by its own lease token (Q3) and answered with its own Settle; counts
+// (Q8) match the single-settle path.
+TEST_F(RedisQueueTest, ConcurrentSettlesAreBatchedAndFencedPerJob) {
+  if (!have_program("redis-server")) GTEST_SKIP() << "redis-server is not installed";
+  PrivateRedis server;  // its command counters are ours alone
+  penguiflow::testing::run_async([&]() -> Task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    auto q = co_await open_redis_queue(ex, server.url(), config_for(unique_ns()));
+    constexpr int kN = 60;
+    std::vector<NewJob> jobs;
+    for (int i = 0; i < kN; ++i) jobs.push_back(a_job(i % 2 ? "acme" : "globex"));
+    co_await q->enqueue_bulk(std::move(jobs));
+    auto got = co_await q->fetch(req(kN));
+    EXPECT_EQ(got.size(), static_cast<std::size_t>(kN));
+    if (got.size() != static_cast<std::size_t>(kN)) co_return;
+    // 0..19 complete; 20..29 complete with a wrong token (stale); 30..39 retry; 40..49
+    // fail; 50..59 complete twice (the second is stale).
+    std::vector<std::vector<Settle>> results(kN);
+    int outstanding = 0;
+    auto run = [&](int i, std::function<Task<Settle>()> f) {
+      ++outstanding;
+      asio::co_spawn(
+          ex,
+          [&, i, f]() -> Task<void> {
+            auto r = co_await f();
+            results[i].push_back(r);
+            --outstanding;
+          },
+          asio::detached);
+    };
+    for (int i = 0; i < kN; ++i) {
+      Lease lease = got[i].lease;
+      if (i < 20) {
+        run(i, [&q, lease]() { return q->complete(lease, json::object{{"ok", true}}, 0.01); });
+      } else if (i < 30) {
+        Lease bad = lease;
+        bad.token += "x";
+        run(i, [&q, bad]() { return q->complete(bad, nullptr, 0.01); });
+      } else if (i < 40) {
+        run(i, [&q, lease]() { return q->retry(lease, 0, "again"); });
+      } else if (i < 50) {
+        run(i, [&q, lease]() { return q->fail(lease, "broken", json::object{{"why", "test"}}); });
+      } else {
+        run(i, [&q, lease]() { return q->complete(lease, nullptr, 0.01); });
+        run(i, [&q, lease]() { return q->complete(lease, nullptr, 0.01); });
+      }
+    }
+    EXPECT_TRUE(co_await penguiflow::testing::eventually([&]() -> Task<bool> { co_return outstanding == 0; }));
+    for (int i = 0; i < kN; ++i) {
+      if (i < 20 || (i >= 30 && i < 50)) {
+        EXPECT_EQ(results[i], std::vector<Settle>{Settle::ok}) << i;
+      } else if (i < 30) {
+        EXPECT_EQ(results[i], std::vector<Settle>{Settle::stale}) << i;
+      } else {
+        EXPECT_EQ(results[i], (std::vector<Settle>{Settle::ok, Settle::stale})) << i;
+      }
+    }
+    auto c = co_await q->counts();
+    EXPECT_EQ(c.by_state["succeeded"], 30);
+    EXPECT_EQ(c.by_state["running"], 10);
+    EXPECT_EQ(c.by_state["queued"], 10);
+    EXPECT_EQ(c.by_state["dead"], 10);
+    std::int64_t tenant_total = 0;
+    for (auto& [tenant, states] : c.by_tenant)
+      for (auto& [state, n] : states) tenant_total += n;
+    EXPECT_EQ(tenant_total, kN);
+    EXPECT_EQ(c.by_tenant["acme"]["succeeded"] + c.by_tenant["globex"]["succeeded"], 30);
+    EXPECT_EQ(c.by_tenant["acme"]["dead"] + c.by_tenant["globex"]["dead"], 10);
+    auto j = co_await q->get(got[45].job.id, std::nullopt);
+    EXPECT_TRUE(j && j->state == JobState::dead && j->reason == "broken");
+    j = co_await q->get(got[5].job.id, std::nullopt);
+    EXPECT_TRUE(j && j->state == JobState::succeeded && j->result == json::value(json::object{{"ok", true}}));
+    j = co_await q->get(got[35].job.id, std::nullopt);
+    EXPECT_TRUE(j && j->state == JobState::queued && j->reason == "again");
+    // The retried jobs are fetchable again.
+    auto again = co_await q->fetch(req(kN, 200ms));
+    EXPECT_EQ(again.size(), 10u);
+    // 70 settles in far fewer top-level script calls: 1 enqueue + 2 fetch + settles.
+    Connection admin(ex, parse_redis_url(server.url()));
+    std::vector<std::string> stats_cmd{"INFO", "commandstats"};
+    auto stats = co_await raw(admin, std::move(stats_cmd));
+    auto evals = command_calls(stats.str, "evalsha");
+    std::cout << "[ batch    ] 70 settles: " << evals << " EVALSHA calls in all\n";
+    EXPECT_LT(evals, 20);
+    admin.close();
+    co_await q->close();
   }());
 }
 

@@ -7,13 +7,19 @@
 #include "connection.hpp"
 #include "scripts.hpp"
 
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/json.hpp>
 
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <deque>
+#include <exception>
 #include <limits>
+#include <memory>
 #include <set>
 #include <unordered_map>
 
@@ -205,18 +211,18 @@ class RedisQueue final : public JobQueue {
 
   Task<Settle> complete(const Lease& lease, boost::json::value result, double latency_s) override {
     std::vector<std::string> args3{boost::json::serialize(result), num(latency_s)};
-    co_return co_await settle(lease, "complete", std::move(args3));
+    co_return co_await settle_combined(lease, "complete", std::move(args3));
   }
 
   Task<Settle> retry(const Lease& lease, double delay_s, std::string reason) override {
     double run_at = unix_now() + std::max(0.0, delay_s);
     std::vector<std::string> args4{num(run_at), std::move(reason), delay_s > 0 ? "1" : "0"};
-    co_return co_await settle(lease, "retry", std::move(args4));
+    co_return co_await settle_combined(lease, "retry", std::move(args4));
   }
 
   Task<Settle> fail(const Lease& lease, std::string reason, boost::json::value details) override {
     std::vector<std::string> args5{std::move(reason), boost::json::serialize(details)};
-    co_return co_await settle(lease, "fail", std::move(args5));
+    co_return co_await settle_combined(lease, "fail", std::move(args5));
   }
 
   Task<Settle> heartbeat(Lease& lease, std::chrono::milliseconds extend) override {
@@ -364,6 +370,109 @@ class RedisQueue final : public JobQueue {
     co_return r.as_int() == 1 ? Settle::ok : Settle::stale;
   }
 
+  /// One complete / retry / fail waiting to be sent by settle_combined().
+  struct PendingSettle {
+    explicit PendingSettle(const boost::asio::any_io_executor& ex) : wake(ex) {}
+    std::string op, job_id, token;
+    std::vector<std::string> extra;  // the op args of the settle script
+    boost::asio::steady_timer wake;  // cancelled to resume the waiting caller
+    bool done = false;               // result / error set
+    bool leader = false;             // the caller is to send the next batch
+    Settle result = Settle::stale;
+    std::exception_ptr error;
+  };
+
+  /// complete / retry / fail, combined: while one settle is in flight on the connection,
+  /// later ones wait and then go as ONE settle_batch script call (each fenced by its own
+  /// lease token, Q3; each caller gets its own Settle). A settle issued with none in
+  /// flight is sent at once with the single settle script, exactly as before. The caller
+  /// that sends a batch hands the sending on to a waiter of the next batch, so no
+  /// background task runs. Cancellation: a caller cancelled while waiting stops waiting
+  /// (operation_aborted); its settle is dropped if not yet sent, else completes unseen.
+  Task<Settle> settle_combined(const Lease& lease, const char* op, std::vector<std::string> extra) {
+    auto me = std::make_shared<PendingSettle>(ex_);
+    me->op = op;
+    me->job_id = lease.job_id;
+    me->token = lease.token;
+    me->extra = std::move(extra);
+    if (!settle_in_flight_) {
+      settle_in_flight_ = true;
+      me->leader = true;
+    } else {
+      pending_settles_.push_back(me);
+      me->wake.expires_at(boost::asio::steady_timer::time_point::max());
+      while (!me->done && !me->leader) {
+        boost::system::error_code ec;
+        co_await me->wake.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
+        if (me->done || me->leader) break;
+        auto cs = co_await boost::asio::this_coro::cancellation_state;
+        if (cs.cancelled() != boost::asio::cancellation_type::none) {
+          auto it = std::find(pending_settles_.begin(), pending_settles_.end(), me);
+          if (it != pending_settles_.end()) pending_settles_.erase(it);
+          throw boost::system::system_error(boost::asio::error::operation_aborted);
+        }
+      }
+      if (me->done) {
+        if (me->error) std::rethrow_exception(me->error);
+        co_return me->result;
+      }
+      // Leader: send every settle queued so far (own included, at the front). A
+      // cancellation that raced with the hand-off must not abort the others' settles.
+      co_await boost::asio::this_coro::reset_cancellation_state();
+    }
+    std::vector<std::shared_ptr<PendingSettle>> batch;
+    if (me->leader && std::find(pending_settles_.begin(), pending_settles_.end(), me) == pending_settles_.end())
+      batch.push_back(me);  // the first caller, never queued
+    constexpr std::size_t kMaxBatch = 256;  // bounds one script's run time and argument count
+    while (!pending_settles_.empty() && batch.size() < kMaxBatch) {
+      batch.push_back(std::move(pending_settles_.front()));
+      pending_settles_.pop_front();
+    }
+    if (std::find(batch.begin(), batch.end(), me) == batch.end()) batch.insert(batch.begin(), me);
+    std::exception_ptr failed;
+    try {
+      if (batch.size() == 1) {
+        batch[0]->result = co_await settle_one(*batch[0]);
+      } else {
+        std::vector<std::string> argv{num(unix_now()), std::to_string(batch.size())};
+        argv.reserve(2 + 6 * batch.size());
+        for (auto& p : batch) {
+          argv.push_back(p->op);
+          argv.push_back(p->job_id);
+          argv.push_back(p->token);
+          for (std::size_t i = 0; i < 3; ++i) argv.push_back(i < p->extra.size() ? std::move(p->extra[i]) : std::string());
+        }
+        auto r = co_await eval(Script::settle_batch, std::move(argv));
+        if (!r.is_array() || r.elements.size() != batch.size()) throw error("unexpected settle_batch reply");
+        for (std::size_t i = 0; i < batch.size(); ++i)
+          batch[i]->result = r.elements[i].as_int() == 1 ? Settle::ok : Settle::stale;
+      }
+    } catch (...) {
+      failed = std::current_exception();
+    }
+    for (auto& p : batch) {
+      p->done = true;
+      p->error = failed;
+      if (p != me) p->wake.cancel();
+    }
+    // Hand the sending on, or mark the connection free of settles.
+    if (!pending_settles_.empty()) {
+      auto next = pending_settles_.front();
+      next->leader = true;
+      next->wake.cancel();
+    } else {
+      settle_in_flight_ = false;
+    }
+    if (failed) std::rethrow_exception(failed);
+    co_return me->result;
+  }
+
+  Task<Settle> settle_one(PendingSettle& p) {
+    Lease lease{p.job_id, {}, p.token, 0};  // a named local: g++ 12 mis-destroys temporaries in co_await
+    auto r = co_await settle(lease, p.op.c_str(), std::move(p.extra));
+    co_return r;
+  }
+
   /// Blocks in BLPOP on the wake-up list for up to `seconds`, on a connection of its own
   /// (a blocked connection cannot carry other requests). Enqueue, retry and requeue push
   /// tokens to the list, so a job arriving wakes a waiter at once. A cancelled wait closes
@@ -407,6 +516,8 @@ class RedisQueue final : public JobQueue {
   std::set<Connection*> busy_waiters_;  // owned by the fetch waiting on them
   bool closed_ = false;
   std::uint64_t script_reloads_ = 0;
+  bool settle_in_flight_ = false;  // a settle_combined() call is sending
+  std::deque<std::shared_ptr<PendingSettle>> pending_settles_;
 };
 
 }  // namespace

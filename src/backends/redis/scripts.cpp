@@ -39,6 +39,19 @@ local function move(tenant, from, to)
   if from then count(tenant, from, -1) end
   if to then count(tenant, to, 1) end
 end
+-- Per-job count updates of a hot loop, summed and applied once per (tenant, state) by
+-- count_flush() before the script returns (scripts are atomic: counts() cannot tell).
+local DELTA = {}
+local function count_later(tenant, state, d)
+  local key = (tenant or '') .. '\n' .. state
+  DELTA[key] = (DELTA[key] or 0) + d
+end
+local function count_flush()
+  for key, d in pairs(DELTA) do
+    if d ~= 0 then redis.call('HINCRBY', K_COUNT, key, d) end
+  end
+  DELTA = {}
+end
 -- Q4 order: score = -priority (higher first); equal scores sort by member bytes:
 -- run_at in ms (15 digits), then the enqueue sequence (16 digits) = FIFO.
 local function ready_member(id, run_at, seq)
@@ -95,11 +108,12 @@ for i = 0, n - 1 do
       ready_add(id, prio, run_at, seq)
       ready = ready + 1
     end
-    count(tenant, 'queued', 1)
+    count_later(tenant, 'queued', 1)
     out[#out + 1] = id
     out[#out + 1] = 1
   end
 end
+count_flush()
 -- A delayed job also wakes one waiter, so it re-reads the next due time.
 if ready == 0 and delayed_n > 0 then ready = 1 end
 wake(ready)
@@ -168,13 +182,15 @@ for i = 1, #taken, 2 do
     redis.call('HSET', k, 'state', 'running', 'attempts', (tonumber(h[3]) or 0) + 1, 'lease_owner', ARGV[4],
       'lease_token', token, 'lease_expires_at', ARGV[5], 'updated_at', NOW_S)
     redis.call('ZADD', K_LEASED, ARGV[5], id)
-    move(h[2], 'queued', 'running')
+    count_later(h[2], 'queued', -1)
+    count_later(h[2], 'running', 1)
     local f = redis.call('HGETALL', k)
     f[#f + 1] = 'id'
     f[#f + 1] = id
     jobs[#jobs + 1] = f
   end
 end
+count_flush()
 -- Nothing left to signal: drop stale wake-up tokens.
 if redis.call('ZCARD', K_READY) == 0 then redis.call('DEL', K_WAKE) end
 local next_due = ''
@@ -222,6 +238,68 @@ else
   move(tenant, 'running', 'dead')
 end
 return 1
+)LUA";
+
+// ARGV: prefix, now, n, then n x (op, id, token, a1, a2, a3) with op complete / retry /
+// fail and the op args of kSettle (unused ones ''). Each job is fenced by its own lease
+// token (Q3), exactly as kSettle does. Returns {r1, ..., rn}: 1 settled, 0 stale. Count
+// deltas are summed and applied once per (tenant, state) at the end; the script is atomic,
+// so counts() never sees the difference.
+const char* const kSettleBatch = R"LUA(
+local n = tonumber(ARGV[3])
+for i = 0, n - 1 do  -- refuse a bad op before writing anything
+  local op = ARGV[4 + i * 6]
+  if op ~= 'complete' and op ~= 'retry' and op ~= 'fail' then
+    return redis.error_reply('ERR unknown settle op ' .. tostring(op))
+  end
+end
+local out = {}
+local wakes = 0
+local bump = count_later
+-- Sorted-set updates are gathered and sent as one command each at the end.
+local unleased, done, dead = {}, {}, {}
+for i = 0, n - 1 do
+  local b = 4 + i * 6
+  local op, id, token = ARGV[b], ARGV[b + 1], ARGV[b + 2]
+  local a1, a2, a3 = ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
+  local k = jk(id)
+  local h = redis.call('HMGET', k, 'state', 'lease_token', 'tenant', 'priority', 'run_at', 'seq')
+  if h[1] ~= 'running' or h[2] ~= token then
+    out[i + 1] = 0
+  else
+    local tenant = h[3]
+    unleased[#unleased + 1] = id
+    redis.call('HDEL', k, 'lease_owner', 'lease_token', 'lease_expires_at')
+    if op == 'complete' then
+      redis.call('HSET', k, 'state', 'succeeded', 'result', a1, 'latency_s', a2, 'updated_at', NOW_S)
+      done[#done + 1] = NOW_S
+      done[#done + 1] = id
+      bump(tenant, 'succeeded', 1)
+    elseif op == 'retry' then
+      redis.call('HSET', k, 'state', 'queued', 'run_at', a1, 'reason', a2, 'updated_at', NOW_S)
+      if a3 == '1' then
+        redis.call('ZADD', K_SCHED, a1, id)
+      else
+        ready_add(id, h[4], a1, h[6])
+      end
+      wakes = wakes + 1
+      bump(tenant, 'queued', 1)
+    else
+      redis.call('HSET', k, 'state', 'dead', 'reason', a1, 'details', a2, 'updated_at', NOW_S)
+      dead[#dead + 1] = NOW_S
+      dead[#dead + 1] = id
+      bump(tenant, 'dead', 1)
+    end
+    bump(tenant, 'running', -1)
+    out[i + 1] = 1
+  end
+end
+if #unleased > 0 then redis.call('ZREM', K_LEASED, unpack(unleased)) end
+if #done > 0 then redis.call('ZADD', K_DONE, unpack(done)) end
+if #dead > 0 then redis.call('ZADD', K_DEAD, unpack(dead)) end
+count_flush()
+wake(wakes)
+return out
 )LUA";
 
 // ARGV: prefix, now, op, op args.
@@ -330,7 +408,7 @@ return redis.error_reply('ERR unknown admin op ' .. tostring(op))
 const std::string& script_text(Script s) {
   static const std::array<std::string, kScriptCount> texts = {
       std::string(kPrelude) + kEnqueue, std::string(kPrelude) + kFetch, std::string(kPrelude) + kSettle,
-      std::string(kPrelude) + kAdmin};
+      std::string(kPrelude) + kAdmin, std::string(kPrelude) + kSettleBatch};
   return texts[static_cast<std::size_t>(s)];
 }
 
@@ -340,6 +418,7 @@ std::string_view script_name(Script s) {
     case Script::fetch: return "fetch";
     case Script::settle: return "settle";
     case Script::admin: return "admin";
+    case Script::settle_batch: return "settle_batch";
   }
   return "?";
 }

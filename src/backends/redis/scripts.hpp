@@ -12,8 +12,8 @@
 
 namespace penguiflow::queue::redis {
 
-enum class Script { enqueue, fetch, settle, admin };
-inline constexpr std::size_t kScriptCount = 4;
+enum class Script { enqueue, fetch, settle, admin, settle_batch };
+inline constexpr std::size_t kScriptCount = 5;
 
 /// The Lua text of a script (prelude included).
 const std::string& script_text(Script s);
