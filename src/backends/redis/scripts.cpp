@@ -173,23 +173,40 @@ end
 -- Q6: take up to max jobs in Q4 order.
 local taken = redis.call('ZPOPMIN', K_READY, tonumber(ARGV[3]))
 local jobs = {}
+local leased = {}
 for i = 1, #taken, 2 do
   local id = string.sub(taken[i], 34)
   local k = jk(id)
-  local h = redis.call('HMGET', k, 'state', 'tenant', 'attempts')
-  if h[1] == 'queued' then
+  -- One HGETALL, patched with what the HSET below writes (no second read).
+  local f = redis.call('HGETALL', k)
+  local h = {}
+  for j = 1, #f, 2 do h[f[j]] = j + 1 end
+  if h.state and f[h.state] == 'queued' then
     local token = ARGV[6] .. ':' .. #jobs
-    redis.call('HSET', k, 'state', 'running', 'attempts', (tonumber(h[3]) or 0) + 1, 'lease_owner', ARGV[4],
-      'lease_token', token, 'lease_expires_at', ARGV[5], 'updated_at', NOW_S)
-    redis.call('ZADD', K_LEASED, ARGV[5], id)
-    count_later(h[2], 'queued', -1)
-    count_later(h[2], 'running', 1)
-    local f = redis.call('HGETALL', k)
+    local tenant = h.tenant and f[h.tenant] or nil
+    local attempts = tostring((tonumber(h.attempts and f[h.attempts]) or 0) + 1)
+    local set = {'state', 'running', 'attempts', attempts, 'lease_owner', ARGV[4],
+      'lease_token', token, 'lease_expires_at', ARGV[5], 'updated_at', NOW_S}
+    redis.call('HSET', k, unpack(set))
+    for j = 1, #set, 2 do
+      local at = h[set[j]]
+      if at then
+        f[at] = set[j + 1]
+      else
+        f[#f + 1] = set[j]
+        f[#f + 1] = set[j + 1]
+      end
+    end
+    leased[#leased + 1] = ARGV[5]
+    leased[#leased + 1] = id
+    count_later(tenant, 'queued', -1)
+    count_later(tenant, 'running', 1)
     f[#f + 1] = 'id'
     f[#f + 1] = id
     jobs[#jobs + 1] = f
   end
 end
+if #leased > 0 then redis.call('ZADD', K_LEASED, unpack(leased)) end
 count_flush()
 -- Nothing left to signal: drop stale wake-up tokens.
 if redis.call('ZCARD', K_READY) == 0 then redis.call('DEL', K_WAKE) end
