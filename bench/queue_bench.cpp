@@ -30,6 +30,8 @@
 #include <boost/asio/use_future.hpp>
 #include <boost/json.hpp>
 
+#include "bench_table.hpp"
+
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -60,10 +62,7 @@ struct Options {
   std::string peer;
 };
 
-struct Row {
-  std::string peer, metric, variant, unit;
-  std::vector<double> values;
-};
+using penguiflow::bench::Row;
 
 std::vector<Row> g_rows;
 Options g_opt;
@@ -76,7 +75,7 @@ void record(const std::string& metric, const std::string& variant, double value,
       r.values.push_back(value);
       return;
     }
-  g_rows.push_back(Row{g_opt.peer, metric, variant, unit, {value}});
+  g_rows.push_back(Row{metric, variant, unit, {value}});
 }
 
 double cpu_seconds() {
@@ -320,34 +319,6 @@ Task<void> run_all() {
   }
 }
 
-std::string fmt(double x) {
-  char buf[64];
-  if (std::abs(x) >= 100) {
-    std::snprintf(buf, sizeof buf, "%.0f", x);
-    std::string s = buf, out;
-    int n = 0;
-    for (auto it = s.rbegin(); it != s.rend(); ++it) {
-      if (n && n % 3 == 0 && std::isdigit(static_cast<unsigned char>(*it))) out.insert(out.begin(), ',');
-      out.insert(out.begin(), *it);
-      ++n;
-    }
-    return out;
-  }
-  std::snprintf(buf, sizeof buf, "%.3g", x);
-  return buf;
-}
-
-void print_table() {
-  std::cout << "\n| peer | metric | variant | median | min – max | unit | runs |\n|---|---|---|---:|---:|---|---:|\n";
-  for (auto& r : g_rows) {
-    auto v = r.values;
-    std::sort(v.begin(), v.end());
-    double med = v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
-    std::cout << "| " << r.peer << " | " << r.metric << " | " << r.variant << " | " << fmt(med) << " | "
-              << fmt(v.front()) << " – " << fmt(v.back()) << " | " << r.unit << " | " << v.size() << " |\n";
-  }
-}
-
 [[noreturn]] void usage(const std::string& why) {
   std::cerr << (why.empty() ? "" : "queue_bench: " + why + "\n")
             << "usage: queue_bench --queue URL [--jobs 50000] [--concurrency 1,50,200] [--consumers K]\n"
@@ -395,6 +366,6 @@ int main(int argc, char** argv) {
     std::cerr << "queue_bench: " << e.what() << "\n";
     return 1;
   }
-  print_table();
+  penguiflow::bench::print_table(g_opt.peer, g_rows);
   return 0;
 }

@@ -36,6 +36,8 @@
 #include <boost/asio/use_future.hpp>
 #include <boost/json.hpp>
 
+#include "bench_table.hpp"
+
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -76,10 +78,7 @@ struct Options {
 
 Options g_opt;
 
-struct Row {
-  std::string metric, variant, unit;
-  std::vector<double> values;
-};
+using penguiflow::bench::Row;
 std::vector<Row> g_rows;
 
 // ------------------------------------------------------------------ output (child side)
@@ -420,34 +419,6 @@ bool in_child(const std::string& what, F fn) {
   return WIFEXITED(status) && WEXITSTATUS(status) == 0;
 }
 
-std::string fmt(double x) {
-  char buf[64];
-  if (std::abs(x) >= 100) {
-    std::snprintf(buf, sizeof buf, "%.0f", x);
-    std::string s = buf, out;
-    int n = 0;
-    for (auto it = s.rbegin(); it != s.rend(); ++it) {
-      if (n && n % 3 == 0 && std::isdigit(static_cast<unsigned char>(*it))) out.insert(out.begin(), ',');
-      out.insert(out.begin(), *it);
-      ++n;
-    }
-    return out;
-  }
-  std::snprintf(buf, sizeof buf, "%.3g", x);
-  return buf;
-}
-
-void print_table() {
-  std::cout << "\n| peer | metric | variant | median | min – max | unit | runs |\n|---|---|---|---:|---:|---|---:|\n";
-  for (auto& r : g_rows) {
-    auto v = r.values;
-    std::sort(v.begin(), v.end());
-    double med = v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
-    std::cout << "| " << g_opt.peer << " | " << r.metric << " | " << r.variant << " | " << fmt(med) << " | "
-              << fmt(v.front()) << " – " << fmt(v.back()) << " | " << r.unit << " | " << v.size() << " |\n";
-  }
-}
-
 [[noreturn]] void usage(const std::string& why) {
   std::cerr << (why.empty() ? "" : "worker_bench: " + why + "\n")
             << "usage: worker_bench --queue URL [--jobs 50000] [--concurrency 50[,200]] [--threads 1]\n"
@@ -527,6 +498,6 @@ int main(int argc, char** argv) {
       ok &= in_child("shutdown", [&] { case_shutdown(ns); });
     }
   }
-  print_table();
+  penguiflow::bench::print_table(g_opt.peer, g_rows);
   return ok ? 0 : 1;
 }
