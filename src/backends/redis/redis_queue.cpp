@@ -99,8 +99,44 @@ Job job_from_fields(const Fields& f, const QueueConfig& config, std::optional<De
   job.created_at = to_double(field(f, "created_at"));
   job.updated_at = to_double(field(f, "updated_at"));
   if (auto l = field(f, "latency_s"); !l.empty()) job.latency_s = to_double(l);
-  job.lease_owner = field(f, "lease_owner");
-  job.lease_expires_at = to_double(field(f, "lease_expires_at"));
+  // lease: '<token> <expires_at> <owner>' while running, '' otherwise.
+  if (auto l = field(f, "lease"); !l.empty()) {
+    auto a = l.find(' ');
+    auto b = a == std::string::npos ? a : l.find(' ', a + 1);
+    if (b != std::string::npos) {
+      job.lease_expires_at = to_double(l.substr(a + 1, b - a - 1));
+      job.lease_owner = l.substr(b + 1);
+    }
+  }
+  return job;
+}
+
+/// A job as the fetch script returns it: {id, doc, tenant, attempts, priority, run_at,
+/// created_at, reason, details} (nil where the hash has no such field), now running.
+Job job_from_fetch(const RespValue& v, const QueueConfig& config, double now, std::optional<DecodeError>* decode_error) {
+  static const RespValue nil;
+  auto at = [&](std::size_t i) -> const RespValue& { return i < v.elements.size() ? v.elements[i] : nil; };
+  const std::string& id = at(0).str;
+  Job job;
+  if (at(1).is_nil()) {
+    *decode_error = DecodeError{DecodeError::Code::bad_json, "malformed job: job document missing (no 'doc' field)"};
+  } else {
+    auto d = decode_job_document(at(1).str, config, id);
+    if (d.job)
+      job = std::move(*d.job);
+    else
+      *decode_error = d.error;
+  }
+  job.id = id;
+  if (const auto& t = at(2).str; !t.empty() || job.tenant.empty()) job.tenant = t;
+  job.state = JobState::running;
+  job.attempts = to_int(at(3).str, job.attempts);
+  job.priority = to_int(at(4).str, job.priority);
+  job.run_at = to_double(at(5).str, job.run_at);
+  job.created_at = to_double(at(6).str);
+  job.updated_at = now;
+  job.reason = at(7).str;
+  job.details = parse_or_string(at(8).str);
   return job;
 }
 
@@ -183,10 +219,11 @@ class RedisQueue final : public JobQueue {
       const std::string next_due = r.elements[0].str;
       bool refused = false;
       for (const auto& jv : r.elements[1].elements) {
-        Fields f = to_fields(jv);
         std::optional<DecodeError> bad;
-        Job job = job_from_fields(f, config_, &bad);
-        Lease lease{job.id, req.owner, field(f, "lease_token"), to_double(field(f, "lease_expires_at"))};
+        Job job = job_from_fetch(jv, config_, now, &bad);
+        job.lease_owner = req.owner;
+        job.lease_expires_at = expires;
+        Lease lease{job.id, req.owner, token_prefix, expires};
         if (bad) {
           // Q9: dead once, with the reason; fenced by the lease just taken.
           refused = true;

@@ -25,7 +25,9 @@ namespace {
 
 // Shared by every script. Job hash fields: doc (the JSON document, never rewritten),
 // state, tenant, priority, run_at, seq, attempts, created_at, updated_at, idem, reason,
-// details, result, latency_s, lease_owner, lease_token, lease_expires_at.
+// details, result, latency_s, lease. `lease` is '<token> <expires_at> <owner>' while the
+// job runs and '' otherwise: one field written per transition instead of three (plus an
+// HDEL), and the fence (Q3) is a prefix test on it.
 const char* const kPrelude = R"LUA(
 local K_READY, K_SCHED, K_LEASED, K_DONE, K_DEAD, K_IDEM, K_COUNT, K_WAKE, K_SEQ =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
@@ -66,6 +68,10 @@ local function ready_rem(id, run_at, seq)
   redis.call('ZREM', K_READY, ready_member(id, run_at, seq))
 end
 -- Wake-up tokens for idle fetchers blocked in BLPOP on K_WAKE (at most 16 kept).
+-- Q3: does `lease` (the hash field) hold the lease `token`?
+local function holds(lease, token)
+  return lease ~= nil and lease ~= false and token ~= '' and string.sub(lease, 1, #token + 1) == token .. ' '
+end
 local function wake(n)
   if n > 0 then
     if n > 16 then n = 16 end
@@ -121,8 +127,9 @@ return out
 )LUA";
 
 // ARGV: prefix, now, max, owner, lease_expires_at, token_prefix.
-// Returns {next_due ('' when none), {job1 fields..., job2 fields...}}; each job is its
-// HGETALL plus 'id', <id>.
+// Returns {next_due ('' when none), {job1, job2, ...}}; each job is the array {id, doc,
+// tenant, attempts (after this fetch), priority, run_at, created_at, reason, details}
+// (nil where the hash has no such field); the lease token is ARGV[6] for every job.
 const char* const kFetch = R"LUA(
 local now = tonumber(NOW_S)
 -- Q1: expired leases become fetchable again (attempts kept).
@@ -132,8 +139,7 @@ for _, id in ipairs(expired) do
   local k = jk(id)
   local h = redis.call('HMGET', k, 'state', 'tenant', 'priority', 'run_at', 'seq')
   if h[1] == 'running' then
-    redis.call('HSET', k, 'state', 'queued', 'updated_at', NOW_S)
-    redis.call('HDEL', k, 'lease_owner', 'lease_token', 'lease_expires_at')
+    redis.call('HSET', k, 'state', 'queued', 'updated_at', NOW_S, 'lease', '')
     ready_add(id, h[3], h[4], h[5])
     move(h[2], 'running', 'queued')
   end
@@ -170,40 +176,27 @@ for i = 1, #due, 2 do
     ready_add(id, prio, run_at, seq)
   end
 end
--- Q6: take up to max jobs in Q4 order.
+-- Q6: take up to max jobs in Q4 order. Every job of one call gets the same lease value
+-- (one random token per call: fencing is per job, and a job is in one call at most).
 local taken = redis.call('ZPOPMIN', K_READY, tonumber(ARGV[3]))
+local lease = ARGV[6] .. ' ' .. ARGV[5] .. ' ' .. ARGV[4]
 local jobs = {}
 local leased = {}
 for i = 1, #taken, 2 do
   local id = string.sub(taken[i], 34)
   local k = jk(id)
-  -- One HGETALL, patched with what the HSET below writes (no second read).
-  local f = redis.call('HGETALL', k)
-  local h = {}
-  for j = 1, #f, 2 do h[f[j]] = j + 1 end
-  if h.state and f[h.state] == 'queued' then
-    local token = ARGV[6] .. ':' .. #jobs
-    local tenant = h.tenant and f[h.tenant] or nil
-    local attempts = tostring((tonumber(h.attempts and f[h.attempts]) or 0) + 1)
-    local set = {'state', 'running', 'attempts', attempts, 'lease_owner', ARGV[4],
-      'lease_token', token, 'lease_expires_at', ARGV[5], 'updated_at', NOW_S}
-    redis.call('HSET', k, unpack(set))
-    for j = 1, #set, 2 do
-      local at = h[set[j]]
-      if at then
-        f[at] = set[j + 1]
-      else
-        f[#f + 1] = set[j]
-        f[#f + 1] = set[j + 1]
-      end
-    end
+  local h = redis.call('HMGET', k, 'state', 'tenant', 'attempts', 'doc', 'priority', 'run_at', 'created_at',
+    'reason', 'details')
+  if h[1] == 'queued' then
+    local attempts = tostring((tonumber(h[3]) or 0) + 1)
+    redis.call('HSET', k, 'state', 'running', 'attempts', attempts, 'lease', lease, 'updated_at', NOW_S)
     leased[#leased + 1] = ARGV[5]
     leased[#leased + 1] = id
+    local tenant = h[2] or nil
     count_later(tenant, 'queued', -1)
     count_later(tenant, 'running', 1)
-    f[#f + 1] = 'id'
-    f[#f + 1] = id
-    jobs[#jobs + 1] = f
+    -- id, doc, tenant, attempts, priority, run_at, created_at, reason, details
+    jobs[#jobs + 1] = {id, h[4], h[2], attempts, h[5], h[6], h[7], h[8], h[9]}
   end
 end
 if #leased > 0 then redis.call('ZADD', K_LEASED, unpack(leased)) end
@@ -225,23 +218,23 @@ return {next_due, jobs}
 const char* const kSettle = R"LUA(
 local op, id, token = ARGV[3], ARGV[4], ARGV[5]
 local k = jk(id)
-local h = redis.call('HMGET', k, 'state', 'lease_token', 'tenant', 'priority', 'run_at', 'seq')
-if h[1] ~= 'running' or h[2] ~= token then return 0 end
+local h = redis.call('HMGET', k, 'state', 'lease', 'tenant', 'priority', 'run_at', 'seq')
+if h[1] ~= 'running' or not holds(h[2], token) then return 0 end
 local tenant = h[3]
 if op == 'heartbeat' then
-  redis.call('HSET', k, 'lease_expires_at', ARGV[6], 'updated_at', NOW_S)
+  local owner = string.match(h[2], '^%S+ %S+ (.*)$') or ''
+  redis.call('HSET', k, 'lease', token .. ' ' .. ARGV[6] .. ' ' .. owner, 'updated_at', NOW_S)
   redis.call('ZADD', K_LEASED, ARGV[6], id)
   return 1
 end
 if op ~= 'complete' and op ~= 'retry' and op ~= 'fail' then return redis.error_reply('ERR unknown settle op ' .. op) end
 redis.call('ZREM', K_LEASED, id)
-redis.call('HDEL', k, 'lease_owner', 'lease_token', 'lease_expires_at')
 if op == 'complete' then
-  redis.call('HSET', k, 'state', 'succeeded', 'result', ARGV[6], 'latency_s', ARGV[7], 'updated_at', NOW_S)
+  redis.call('HSET', k, 'state', 'succeeded', 'result', ARGV[6], 'latency_s', ARGV[7], 'updated_at', NOW_S, 'lease', '')
   redis.call('ZADD', K_DONE, NOW_S, id)
   move(tenant, 'running', 'succeeded')
 elseif op == 'retry' then
-  redis.call('HSET', k, 'state', 'queued', 'run_at', ARGV[6], 'reason', ARGV[7], 'updated_at', NOW_S)
+  redis.call('HSET', k, 'state', 'queued', 'run_at', ARGV[6], 'reason', ARGV[7], 'updated_at', NOW_S, 'lease', '')
   if ARGV[8] == '1' then
     redis.call('ZADD', K_SCHED, ARGV[6], id)
   else
@@ -250,7 +243,7 @@ elseif op == 'retry' then
   wake(1)
   move(tenant, 'running', 'queued')
 else
-  redis.call('HSET', k, 'state', 'dead', 'reason', ARGV[6], 'details', ARGV[7], 'updated_at', NOW_S)
+  redis.call('HSET', k, 'state', 'dead', 'reason', ARGV[6], 'details', ARGV[7], 'updated_at', NOW_S, 'lease', '')
   redis.call('ZADD', K_DEAD, NOW_S, id)
   move(tenant, 'running', 'dead')
 end
@@ -280,29 +273,29 @@ for i = 0, n - 1 do
   local op, id, token = ARGV[b], ARGV[b + 1], ARGV[b + 2]
   local a1, a2, a3 = ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
   local k = jk(id)
-  local h = redis.call('HMGET', k, 'state', 'lease_token', 'tenant', 'priority', 'run_at', 'seq')
-  if h[1] ~= 'running' or h[2] ~= token then
+  local h = redis.call('HMGET', k, 'state', 'lease', 'tenant')
+  if h[1] ~= 'running' or not holds(h[2], token) then
     out[i + 1] = 0
   else
     local tenant = h[3]
     unleased[#unleased + 1] = id
-    redis.call('HDEL', k, 'lease_owner', 'lease_token', 'lease_expires_at')
     if op == 'complete' then
-      redis.call('HSET', k, 'state', 'succeeded', 'result', a1, 'latency_s', a2, 'updated_at', NOW_S)
+      redis.call('HSET', k, 'state', 'succeeded', 'result', a1, 'latency_s', a2, 'updated_at', NOW_S, 'lease', '')
       done[#done + 1] = NOW_S
       done[#done + 1] = id
       bump(tenant, 'succeeded', 1)
     elseif op == 'retry' then
-      redis.call('HSET', k, 'state', 'queued', 'run_at', a1, 'reason', a2, 'updated_at', NOW_S)
+      local r = redis.call('HMGET', k, 'priority', 'seq')
+      redis.call('HSET', k, 'state', 'queued', 'run_at', a1, 'reason', a2, 'updated_at', NOW_S, 'lease', '')
       if a3 == '1' then
         redis.call('ZADD', K_SCHED, a1, id)
       else
-        ready_add(id, h[4], a1, h[6])
+        ready_add(id, r[1], a1, r[2])
       end
       wakes = wakes + 1
       bump(tenant, 'queued', 1)
     else
-      redis.call('HSET', k, 'state', 'dead', 'reason', a1, 'details', a2, 'updated_at', NOW_S)
+      redis.call('HSET', k, 'state', 'dead', 'reason', a1, 'details', a2, 'updated_at', NOW_S, 'lease', '')
       dead[#dead + 1] = NOW_S
       dead[#dead + 1] = id
       bump(tenant, 'dead', 1)
@@ -341,11 +334,10 @@ elseif op == 'cancel' then
     redis.call('ZREM', K_SCHED, id)
   elseif h[1] == 'running' then
     redis.call('ZREM', K_LEASED, id)
-    redis.call('HDEL', k, 'lease_owner', 'lease_token', 'lease_expires_at')
   else
     return 0
   end
-  redis.call('HSET', k, 'state', 'dead', 'reason', 'cancelled', 'updated_at', NOW_S)
+  redis.call('HSET', k, 'state', 'dead', 'reason', 'cancelled', 'updated_at', NOW_S, 'lease', '')
   redis.call('ZADD', K_DEAD, NOW_S, id)
   move(h[2], h[1], 'dead')
   return 1
