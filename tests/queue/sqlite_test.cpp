@@ -61,6 +61,23 @@ void sql_exec(const std::string& path, const std::string& sql, const std::vector
   if (rc != SQLITE_DONE && rc != SQLITE_ROW) throw std::runtime_error("step: " + m);
 }
 
+// The first column of every row `sql` returns.
+std::vector<std::string> sql_column(const std::string& path, const std::string& sql) {
+  sqlite3* db = nullptr;
+  if (sqlite3_open(path.c_str(), &db) != SQLITE_OK) throw std::runtime_error("open " + path);
+  sqlite3_stmt* st = nullptr;
+  std::vector<std::string> out;
+  if (sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr) == SQLITE_OK) {
+    while (sqlite3_step(st) == SQLITE_ROW) {
+      auto p = reinterpret_cast<const char*>(sqlite3_column_text(st, 0));
+      out.emplace_back(p ? p : "");
+    }
+  }
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+  return out;
+}
+
 QueueFactory make_sqlite_factory() {
   QueueFactory f;
   f.name = "sqlite";
@@ -132,6 +149,72 @@ TEST(SqliteQueue, NewerSchemaVersionIsRefused) {
   EXPECT_NE(msg.find(path), std::string::npos) << msg;
 }
 
+// A file written by schema version 1 (four indexes) is migrated in place on open: its jobs
+// stay, the indexes are the current two, the version is the current one.
+TEST(SqliteQueue, Version1FileIsMigratedOnOpen) {
+  auto path = (TempDir::path() / "v1.db").string();
+  std::string url = "sqlite://" + path;
+  EXPECT_EQ(open_error(url), "");
+  // Turn the fresh file back into what version 1 wrote, with one job in it.
+  sql_exec(path, "DROP INDEX penguiflow_jobs_state");
+  sql_exec(path, "CREATE INDEX penguiflow_jobs_due ON penguiflow_jobs (ready_at) WHERE ready_at IS NOT NULL");
+  sql_exec(path, "CREATE INDEX penguiflow_jobs_state ON penguiflow_jobs (state, updated_at)");
+  sql_exec(path, "CREATE INDEX penguiflow_jobs_tenant ON penguiflow_jobs (tenant, state)");
+  sql_exec(path, "UPDATE penguiflow_schema_version SET version = 1");
+  sql_exec(path, "INSERT INTO penguiflow_jobs (id, doc) VALUES ('old', ?1)", {R"({"flow":"f","tenant":"t"})"});
+
+  penguiflow::testing::run_async([](std::string u) -> Task<void> {
+    auto ex = co_await boost::asio::this_coro::executor;
+    auto q = co_await open_sqlite_queue(ex, u);
+    auto c = co_await q->counts();
+    EXPECT_EQ(c.by_tenant["t"]["queued"], 1);
+    FetchRequest req;
+    req.wait = std::chrono::milliseconds(2000);
+    auto got = co_await q->fetch(req);
+    EXPECT_EQ(got.size(), 1u);
+    if (!got.empty()) {
+      EXPECT_EQ(got.front().job.id, "old");
+    }
+    co_await q->close();
+  }(url));
+  EXPECT_EQ(sql_column(path, "SELECT version FROM penguiflow_schema_version"),
+            std::vector<std::string>{std::to_string(kSqliteSchemaVersion)});
+  auto indexes = sql_column(path,
+                            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'penguiflow_jobs'"
+                            " AND name NOT LIKE 'sqlite_autoindex%' ORDER BY name");
+  std::vector<std::string> want{"penguiflow_jobs_claim", "penguiflow_jobs_idem", "penguiflow_jobs_state"};
+  EXPECT_EQ(indexes, want);
+}
+
+// The idle fetcher sleeps until the earliest due job of ANY priority: a low-priority job
+// due soon is fetched although a higher priority holds a job due much later (the earliest
+// due time is read per priority from the claim index).
+TEST(SqliteQueue, Q5_EarliestDueAcrossPrioritiesWakesTheFetcher) {
+  auto path = (TempDir::path() / "due.db").string();
+  penguiflow::testing::run_async([](std::string u) -> Task<void> {
+    auto ex = co_await boost::asio::this_coro::executor;
+    auto q = co_await open_sqlite_queue(ex, u);
+    NewJob late;
+    late.flow = "f";
+    late.tenant = "t";
+    late.priority = 5;
+    late.delay_s = 60;
+    co_await q->enqueue(late);
+    NewJob soon = late;
+    soon.priority = 0;
+    soon.delay_s = 0.3;
+    auto id = (co_await q->enqueue(soon)).id;
+    FetchRequest req;
+    req.wait = std::chrono::milliseconds(10000);
+    auto got = co_await q->fetch(req);
+    EXPECT_EQ(got.size(), 1u);
+    if (!got.empty()) {
+      EXPECT_EQ(got.front().job.id, id);
+    }
+    co_await q->close();
+  }("sqlite://" + path + "?poll_ms=60000"), std::chrono::seconds(20));
+}
+
 TEST(SqliteQueue, NotADatabaseIsAClearError) {
   auto path = (TempDir::path() / "garbage.db").string();
   {
@@ -159,7 +242,9 @@ TEST(SqliteQueue, Q9_RawRunAtOfTheWrongTypeGoesDeadInsteadOfHanging) {
     EXPECT_TRUE(got.empty());
     auto j = co_await q->get(std::string("x"), std::nullopt);
     EXPECT_TRUE(j && j->state == JobState::dead);
-    if (j) EXPECT_NE(j->reason.find("run_at"), std::string::npos) << j->reason;
+    if (j) {
+      EXPECT_NE(j->reason.find("run_at"), std::string::npos) << j->reason;
+    }
     co_await q->close();
   }(url));
 }

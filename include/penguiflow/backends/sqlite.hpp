@@ -29,7 +29,7 @@ struct SqliteOptions {
 SqliteOptions parse_sqlite_url(std::string_view url);
 
 /// The schema version this build writes and reads. A file with a newer version is refused.
-inline constexpr int kSqliteSchemaVersion = 1;
+inline constexpr int kSqliteSchemaVersion = 2;
 
 /// Opens (creating when missing) the database and its tables. Throws QueueError naming the
 /// URL and the cause (cannot open, not a database, newer schema version, bad namespace).

@@ -546,6 +546,7 @@ class SqliteQueue final : public JobQueue {
           guard.reset();
         }
       };
+      auto caller = work.get_executor();
       auto item = std::make_shared<Item>(std::move(handler), std::move(work), std::move(lease), std::move(fn));
       bool first = false;
       {
@@ -553,7 +554,10 @@ class SqliteQueue final : public JobQueue {
         first = batch_.empty();
         batch_.push_back(std::move(item));
       }
-      if (first) asio::post(db_ctx_, [this] { drain_settles(); });
+      // The first settle of a batch hands the batch to the database thread one turn of the
+      // caller's loop later, so the settles of jobs finishing together (a fetched batch of
+      // no-op jobs settles in one burst) share one commit instead of the first going alone.
+      if (first) asio::post(caller, [this] { asio::post(db_ctx_, [this] { drain_settles(); }); });
     };
     co_return co_await asio::async_initiate<decltype(asio::use_awaitable), void(std::exception_ptr, Settle)>(
         std::move(initiation), asio::use_awaitable, lease, std::move(f));
@@ -610,10 +614,11 @@ class SqliteQueue final : public JobQueue {
         latency_s REAL,
         created_at REAL,
         updated_at REAL))");
+      // Every transition rewrites the entries of these two indexes only (claims, settles):
+      // each index more costs pages written to the WAL per commit (schema v1 had four:
+      // 25-30% more CPU per job). Counts, lists and purges scan `_state`.
       db.exec("CREATE INDEX " + j + "_claim ON " + j + " (priority DESC, ready_at, seq) WHERE ready_at IS NOT NULL");
-      db.exec("CREATE INDEX " + j + "_due ON " + j + " (ready_at) WHERE ready_at IS NOT NULL");
-      db.exec("CREATE INDEX " + j + "_state ON " + j + " (state, updated_at)");
-      db.exec("CREATE INDEX " + j + "_tenant ON " + j + " (tenant, state)");
+      db.exec("CREATE INDEX " + j + "_state ON " + j + " (state, tenant, updated_at)");
       db.exec("CREATE UNIQUE INDEX " + j + "_idem ON " + j +
               " (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL");
       // An outside producer may insert just (id, doc): fill the columns from the document
@@ -637,6 +642,13 @@ class SqliteQueue final : public JobQueue {
               ", updated_at = " + kSqlNow + " WHERE seq = NEW.seq; END");
       db.exec("CREATE TABLE " + effects_ + " (key TEXT PRIMARY KEY, value TEXT NOT NULL, created_at REAL NOT NULL)");
       db.exec("INSERT INTO " + version_ + " (version) VALUES (" + std::to_string(kSqliteSchemaVersion) + ")");
+    } else if (*have < 2) {  // v1 -> v2: four indexes per transition down to two
+      const auto& j = jobs_;
+      db.exec("DROP INDEX IF EXISTS " + j + "_due");
+      db.exec("DROP INDEX IF EXISTS " + j + "_tenant");
+      db.exec("DROP INDEX IF EXISTS " + j + "_state");
+      db.exec("CREATE INDEX " + j + "_state ON " + j + " (state, tenant, updated_at)");
+      db.exec("UPDATE " + version_ + " SET version = 2");
     }
     txn.commit();
   }
@@ -735,15 +747,32 @@ class SqliteQueue final : public JobQueue {
       r.jobs.push_back(LeasedJob{std::move(j), std::move(lease)});
     }
     if (rows.empty()) {
-      auto s = db.prepare("SELECT min(ready_at) FROM " + jobs_ + " WHERE ready_at IS NOT NULL");
-      next_due_.reset();
-      if (s.step() && !s.null(0)) next_due_ = s.real(0);
+      next_due_ = earliest_ready(db);
       r.next_due = next_due_;
     }
     txn.commit();
     if (rows.empty()) last_empty_ = seen;
     else last_empty_ = {-1, -1};
     return r;
+  }
+
+  // The earliest ready_at of any row (delayed, or leased until then), read from `_claim`
+  // one priority at a time: the first entry of each priority is that priority's earliest,
+  // so this costs one index seek per distinct priority, not a scan of every waiting row.
+  std::optional<double> earliest_ready(Db& db) {
+    std::optional<double> best;
+    std::optional<std::int64_t> below;  // next priority strictly below this one
+    for (;;) {
+      // (Two texts: "?1 IS NULL OR priority < ?1" would not seek.)
+      auto s = db.prepare("SELECT priority, ready_at FROM " + jobs_ + " INDEXED BY " + jobs_ +
+                          "_claim WHERE ready_at IS NOT NULL" + (below ? " AND priority < ?1" : "") +
+                          " ORDER BY priority DESC, ready_at LIMIT 1");
+      if (below) s.bind(1, *below);
+      if (!s.step()) return best;
+      below = s.integer(0);
+      double at = s.real(1);
+      if (!best || at < *best) best = at;
+    }
   }
 
   Job row_to_job(Stmt& s) {
