@@ -335,6 +335,48 @@ TEST_F(RedisQueueTest, EveryKeyOfAQueueSharesItsHashTag) {
   }());
 }
 
+// A job left running by a version that kept the lease in the job hash (state 'running',
+// lease_owner / lease_token / lease_expires_at) is redelivered once its lease expires,
+// with its attempts kept and the counts moved back (docs/wire-format.md, layout change).
+TEST_F(RedisQueueTest, JobLeasedByTheOldLayoutIsRedeliveredAfterExpiry) {
+  penguiflow::testing::run_async([&]() -> Task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    const std::string ns = unique_ns();
+    auto q = co_await open_redis_queue(ex, url_, config_for(ns));
+    auto r = co_await q->enqueue(a_job());
+    auto got = co_await q->fetch(req(1));
+    EXPECT_EQ(got.size(), 1u);
+    if (got.size() != 1) co_return;
+    // Rewrite it as the old layout had it, with a lease that expired a second ago.
+    redis::QueueKeys keys(ns);
+    Connection admin(ex, parse_redis_url(url_));
+    std::vector<std::vector<std::string>> cmds{
+        {"HDEL", keys.leases, r.id},
+        {"HSET", keys.job(r.id), "state", "running", "attempts", "1", "lease_owner", "old", "lease_token", "t",
+         "lease_expires_at", "1"},
+        {"ZADD", keys.leased, "1", r.id}};
+    auto replies = co_await admin.exec_many(std::move(cmds));
+    for (auto& x : replies) EXPECT_FALSE(x.is_error()) << x.str;
+    auto again = co_await q->fetch(req(1));
+    EXPECT_EQ(again.size(), 1u);
+    if (again.size() == 1) {
+      EXPECT_EQ(again[0].job.id, r.id);
+      EXPECT_EQ(again[0].job.attempts, 2);
+      EXPECT_EQ(co_await q->complete(again[0].lease, nullptr, 0.1), Settle::ok);
+    }
+    std::vector<std::string> hg{"HGET", keys.job(r.id), "lease_token"};
+    auto old_token = co_await raw(admin, std::move(hg));
+    EXPECT_TRUE(old_token.is_nil());
+    auto c = co_await q->counts();
+    EXPECT_EQ(c.by_state["succeeded"], 1);
+    EXPECT_EQ(c.by_state["running"], 0);
+    EXPECT_EQ(c.by_tenant["acme"]["running"], 0);
+    EXPECT_EQ(c.by_tenant["acme"]["succeeded"], 1);
+    admin.close();
+    co_await q->close();
+  }());
+}
+
 TEST_F(RedisQueueTest, JobEnqueuedWithRedisCliIsFetchedAndCompleted) {
   if (!have_program("redis-cli")) GTEST_SKIP() << "redis-cli is not installed";
   auto ep = parse_redis_url(url_);

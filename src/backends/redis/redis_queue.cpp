@@ -99,13 +99,26 @@ Job job_from_fields(const Fields& f, const QueueConfig& config, std::optional<De
   job.created_at = to_double(field(f, "created_at"));
   job.updated_at = to_double(field(f, "updated_at"));
   if (auto l = field(f, "latency_s"); !l.empty()) job.latency_s = to_double(l);
-  // lease: '<token> <expires_at> <owner>' while running, '' otherwise.
+  // "lease": the job's entry in {ns}:leases, when it has one (then it is running):
+  // '<token> <expires_at> <attempts> <#owner> <owner><tenant>'.
   if (auto l = field(f, "lease"); !l.empty()) {
-    auto a = l.find(' ');
-    auto b = a == std::string::npos ? a : l.find(' ', a + 1);
-    if (b != std::string::npos) {
-      job.lease_expires_at = to_double(l.substr(a + 1, b - a - 1));
-      job.lease_owner = l.substr(b + 1);
+    std::array<std::size_t, 4> sp{};
+    std::size_t at = 0;
+    bool ok = true;
+    for (auto& p : sp) {
+      p = l.find(' ', at);
+      if (p == std::string::npos) {
+        ok = false;
+        break;
+      }
+      at = p + 1;
+    }
+    if (ok) {
+      job.state = JobState::running;
+      job.lease_expires_at = to_double(l.substr(sp[0] + 1, sp[1] - sp[0] - 1));
+      job.attempts = to_int(l.substr(sp[1] + 1, sp[2] - sp[1] - 1), job.attempts);
+      auto olen = static_cast<std::size_t>(std::max(0, to_int(l.substr(sp[2] + 1, sp[3] - sp[2] - 1))));
+      job.lease_owner = l.substr(sp[3] + 1, olen);
     }
   }
   return job;
@@ -302,11 +315,17 @@ class RedisQueue final : public JobQueue {
   }
 
   Task<std::optional<Job>> get(std::string id, std::optional<std::string> tenant) override {
-    std::vector<std::string> args9{"HGETALL", keys_.job(id)};
-    auto r = co_await exec(std::move(args9));
+    std::vector<std::vector<std::string>> cmds;
+    cmds.push_back({"HGETALL", keys_.job(id)});
+    cmds.push_back({"HGET", keys_.leases, id});
+    auto rs = co_await conn_.exec_many(std::move(cmds));
+    for (auto& v : rs)
+      if (v.is_error()) throw error(v.str);
+    const auto& r = rs[0];
     if (!r.is_array() || r.elements.empty()) co_return std::nullopt;
     Fields f = to_fields(r);
     f["id"] = id;
+    if (!rs[1].is_nil()) f["lease"] = rs[1].str;
     static const QueueConfig ic = inspection_config();
     Job job = job_from_fields(f, ic, nullptr);
     if (tenant && job.tenant != *tenant) co_return std::nullopt;

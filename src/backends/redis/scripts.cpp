@@ -13,24 +13,28 @@ QueueKeys::QueueKeys(const std::string& ns) {
   counts = p + "counts";
   wake = p + "wake";
   seq = p + "seq";
+  leases = p + "leases";
   effects = p + "effects";
   job_prefix = p + "job:";
 }
 
 std::vector<std::string> QueueKeys::script_keys() const {
-  return {ready, scheduled, leased, done, dead, idem, counts, wake, seq};
+  return {ready, scheduled, leased, done, dead, idem, counts, wake, seq, leases};
 }
 
 namespace {
 
 // Shared by every script. Job hash fields: doc (the JSON document, never rewritten),
 // state, tenant, priority, run_at, seq, attempts, created_at, updated_at, idem, reason,
-// details, result, latency_s, lease. `lease` is '<token> <expires_at> <owner>' while the
-// job runs and '' otherwise: one field written per transition instead of three (plus an
-// HDEL), and the fence (Q3) is a prefix test on it.
+// details, result, latency_s.
+// A running job is one with an entry in the K_LEASES hash (its hash keeps state 'queued'):
+// id -> '<token> <expires_at> <attempts> <#owner> <owner><tenant>'. Fetch writes the
+// entries of all its jobs with one HSET and a settle batch checks them (Q3 fence) with one
+// HMGET and drops them with one HDEL, so a job costs one job-hash read at fetch and one
+// job-hash write at settle; attempts are written back to the job hash when the lease ends.
 const char* const kPrelude = R"LUA(
-local K_READY, K_SCHED, K_LEASED, K_DONE, K_DEAD, K_IDEM, K_COUNT, K_WAKE, K_SEQ =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local K_READY, K_SCHED, K_LEASED, K_DONE, K_DEAD, K_IDEM, K_COUNT, K_WAKE, K_SEQ, K_LEASES =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local PREFIX = ARGV[1]
 local NOW_S = ARGV[2]
 local function jk(id) return PREFIX .. id end
@@ -68,9 +72,16 @@ local function ready_rem(id, run_at, seq)
   redis.call('ZREM', K_READY, ready_member(id, run_at, seq))
 end
 -- Wake-up tokens for idle fetchers blocked in BLPOP on K_WAKE (at most 16 kept).
--- Q3: does `lease` (the hash field) hold the lease `token`?
-local function holds(lease, token)
-  return lease ~= nil and lease ~= false and token ~= '' and string.sub(lease, 1, #token + 1) == token .. ' '
+-- A K_LEASES entry -> token, expires_at, attempts, owner, tenant (nil when absent).
+local function lease_parse(rec)
+  if not rec then return nil end
+  local token, exp, att, olen, rest = string.match(rec, '^(%S+) (%S+) (%d+) (%d+) (.*)$')
+  if not token then return nil end
+  olen = tonumber(olen)
+  return token, exp, att, string.sub(rest, 1, olen), string.sub(rest, olen + 1)
+end
+local function lease_make(token, exp, att, owner, tenant)
+  return token .. ' ' .. exp .. ' ' .. att .. ' ' .. #owner .. ' ' .. owner .. tenant
 end
 local function wake(n)
   if n > 0 then
@@ -136,12 +147,27 @@ local now = tonumber(NOW_S)
 local expired = redis.call('ZRANGEBYSCORE', K_LEASED, '-inf', NOW_S, 'LIMIT', 0, 1000)
 for _, id in ipairs(expired) do
   redis.call('ZREM', K_LEASED, id)
-  local k = jk(id)
-  local h = redis.call('HMGET', k, 'state', 'tenant', 'priority', 'run_at', 'seq')
-  if h[1] == 'running' then
-    redis.call('HSET', k, 'state', 'queued', 'updated_at', NOW_S, 'lease', '')
-    ready_add(id, h[3], h[4], h[5])
-    move(h[2], 'running', 'queued')
+  local token, exp, att, owner, tenant = lease_parse(redis.call('HGET', K_LEASES, id))
+  if token then
+    redis.call('HDEL', K_LEASES, id)
+    local k = jk(id)
+    local h = redis.call('HMGET', k, 'state', 'priority', 'run_at', 'seq')
+    if h[1] == 'queued' then
+      redis.call('HSET', k, 'attempts', att, 'updated_at', NOW_S)
+      ready_add(id, h[2], h[3], h[4])
+    end
+    move(tenant, 'running', 'queued')
+  else
+    -- A job leased by an older version (state 'running' and the lease in the job hash):
+    -- redelivered the same way, so an upgrade leaves no job in flight forever (W8).
+    local k = jk(id)
+    local h = redis.call('HMGET', k, 'state', 'tenant', 'priority', 'run_at', 'seq')
+    if h[1] == 'running' then
+      redis.call('HSET', k, 'state', 'queued', 'updated_at', NOW_S)
+      redis.call('HDEL', k, 'lease_owner', 'lease_token', 'lease_expires_at', 'lease')
+      ready_add(id, h[3], h[4], h[5])
+      move(h[2], 'running', 'queued')
+    end
   end
 end
 -- Q4: delayed jobs that are due join the ready set. Entries written by an outside
@@ -179,27 +205,32 @@ end
 -- Q6: take up to max jobs in Q4 order. Every job of one call gets the same lease value
 -- (one random token per call: fencing is per job, and a job is in one call at most).
 local taken = redis.call('ZPOPMIN', K_READY, tonumber(ARGV[3]))
-local lease = ARGV[6] .. ' ' .. ARGV[5] .. ' ' .. ARGV[4]
+local pre = ARGV[6] .. ' ' .. ARGV[5] .. ' '
+local post = ' ' .. #ARGV[4] .. ' ' .. ARGV[4]
 local jobs = {}
 local leased = {}
+local leases = {}
 for i = 1, #taken, 2 do
   local id = string.sub(taken[i], 34)
-  local k = jk(id)
-  local h = redis.call('HMGET', k, 'state', 'tenant', 'attempts', 'doc', 'priority', 'run_at', 'created_at',
+  local h = redis.call('HMGET', jk(id), 'state', 'tenant', 'attempts', 'doc', 'priority', 'run_at', 'created_at',
     'reason', 'details')
   if h[1] == 'queued' then
     local attempts = tostring((tonumber(h[3]) or 0) + 1)
-    redis.call('HSET', k, 'state', 'running', 'attempts', attempts, 'lease', lease, 'updated_at', NOW_S)
+    local tenant = h[2] or ''
+    leases[#leases + 1] = id
+    leases[#leases + 1] = pre .. attempts .. post .. tenant
     leased[#leased + 1] = ARGV[5]
     leased[#leased + 1] = id
-    local tenant = h[2] or nil
     count_later(tenant, 'queued', -1)
     count_later(tenant, 'running', 1)
     -- id, doc, tenant, attempts, priority, run_at, created_at, reason, details
     jobs[#jobs + 1] = {id, h[4], h[2], attempts, h[5], h[6], h[7], h[8], h[9]}
   end
 end
-if #leased > 0 then redis.call('ZADD', K_LEASED, unpack(leased)) end
+if #leased > 0 then
+  redis.call('HSET', K_LEASES, unpack(leases))
+  redis.call('ZADD', K_LEASED, unpack(leased))
+end
 count_flush()
 -- Nothing left to signal: drop stale wake-up tokens.
 if redis.call('ZCARD', K_READY) == 0 then redis.call('DEL', K_WAKE) end
@@ -218,32 +249,32 @@ return {next_due, jobs}
 const char* const kSettle = R"LUA(
 local op, id, token = ARGV[3], ARGV[4], ARGV[5]
 local k = jk(id)
-local h = redis.call('HMGET', k, 'state', 'lease', 'tenant', 'priority', 'run_at', 'seq')
-if h[1] ~= 'running' or not holds(h[2], token) then return 0 end
-local tenant = h[3]
+local tok, exp, att, owner, tenant = lease_parse(redis.call('HGET', K_LEASES, id))
+if not tok or tok ~= token then return 0 end
 if op == 'heartbeat' then
-  local owner = string.match(h[2], '^%S+ %S+ (.*)$') or ''
-  redis.call('HSET', k, 'lease', token .. ' ' .. ARGV[6] .. ' ' .. owner, 'updated_at', NOW_S)
+  redis.call('HSET', K_LEASES, id, lease_make(token, ARGV[6], att, owner, tenant))
   redis.call('ZADD', K_LEASED, ARGV[6], id)
   return 1
 end
 if op ~= 'complete' and op ~= 'retry' and op ~= 'fail' then return redis.error_reply('ERR unknown settle op ' .. op) end
 redis.call('ZREM', K_LEASED, id)
+redis.call('HDEL', K_LEASES, id)
 if op == 'complete' then
-  redis.call('HSET', k, 'state', 'succeeded', 'result', ARGV[6], 'latency_s', ARGV[7], 'updated_at', NOW_S, 'lease', '')
+  redis.call('HSET', k, 'state', 'succeeded', 'result', ARGV[6], 'latency_s', ARGV[7], 'updated_at', NOW_S, 'attempts', att)
   redis.call('ZADD', K_DONE, NOW_S, id)
   move(tenant, 'running', 'succeeded')
 elseif op == 'retry' then
-  redis.call('HSET', k, 'state', 'queued', 'run_at', ARGV[6], 'reason', ARGV[7], 'updated_at', NOW_S, 'lease', '')
+  local h = redis.call('HMGET', k, 'priority', 'seq')
+  redis.call('HSET', k, 'state', 'queued', 'run_at', ARGV[6], 'reason', ARGV[7], 'updated_at', NOW_S, 'attempts', att)
   if ARGV[8] == '1' then
     redis.call('ZADD', K_SCHED, ARGV[6], id)
   else
-    ready_add(id, h[4], ARGV[6], h[6])
+    ready_add(id, h[1], ARGV[6], h[2])
   end
   wake(1)
   move(tenant, 'running', 'queued')
 else
-  redis.call('HSET', k, 'state', 'dead', 'reason', ARGV[6], 'details', ARGV[7], 'updated_at', NOW_S, 'lease', '')
+  redis.call('HSET', k, 'state', 'dead', 'reason', ARGV[6], 'details', ARGV[7], 'updated_at', NOW_S, 'attempts', att)
   redis.call('ZADD', K_DEAD, NOW_S, id)
   move(tenant, 'running', 'dead')
 end
@@ -266,27 +297,32 @@ end
 local out = {}
 local wakes = 0
 local bump = count_later
--- Sorted-set updates are gathered and sent as one command each at the end.
+-- The leases of the whole batch are read with one HMGET; sorted-set and lease updates are
+-- gathered and sent as one command each at the end.
+local ids = {}
+for i = 0, n - 1 do ids[i + 1] = ARGV[5 + i * 6] end
+local recs = redis.call('HMGET', K_LEASES, unpack(ids))
 local unleased, done, dead = {}, {}, {}
+local seen = {}
 for i = 0, n - 1 do
   local b = 4 + i * 6
   local op, id, token = ARGV[b], ARGV[b + 1], ARGV[b + 2]
   local a1, a2, a3 = ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
   local k = jk(id)
-  local h = redis.call('HMGET', k, 'state', 'lease', 'tenant')
-  if h[1] ~= 'running' or not holds(h[2], token) then
+  local tok, exp, att, owner, tenant = lease_parse(recs[i + 1])
+  if not tok or tok ~= token or seen[id] then
     out[i + 1] = 0
   else
-    local tenant = h[3]
+    seen[id] = true
     unleased[#unleased + 1] = id
     if op == 'complete' then
-      redis.call('HSET', k, 'state', 'succeeded', 'result', a1, 'latency_s', a2, 'updated_at', NOW_S, 'lease', '')
+      redis.call('HSET', k, 'state', 'succeeded', 'result', a1, 'latency_s', a2, 'updated_at', NOW_S, 'attempts', att)
       done[#done + 1] = NOW_S
       done[#done + 1] = id
       bump(tenant, 'succeeded', 1)
     elseif op == 'retry' then
       local r = redis.call('HMGET', k, 'priority', 'seq')
-      redis.call('HSET', k, 'state', 'queued', 'run_at', a1, 'reason', a2, 'updated_at', NOW_S, 'lease', '')
+      redis.call('HSET', k, 'state', 'queued', 'run_at', a1, 'reason', a2, 'updated_at', NOW_S, 'attempts', att)
       if a3 == '1' then
         redis.call('ZADD', K_SCHED, a1, id)
       else
@@ -295,7 +331,7 @@ for i = 0, n - 1 do
       wakes = wakes + 1
       bump(tenant, 'queued', 1)
     else
-      redis.call('HSET', k, 'state', 'dead', 'reason', a1, 'details', a2, 'updated_at', NOW_S, 'lease', '')
+      redis.call('HSET', k, 'state', 'dead', 'reason', a1, 'details', a2, 'updated_at', NOW_S, 'attempts', att)
       dead[#dead + 1] = NOW_S
       dead[#dead + 1] = id
       bump(tenant, 'dead', 1)
@@ -304,7 +340,10 @@ for i = 0, n - 1 do
     out[i + 1] = 1
   end
 end
-if #unleased > 0 then redis.call('ZREM', K_LEASED, unpack(unleased)) end
+if #unleased > 0 then
+  redis.call('ZREM', K_LEASED, unpack(unleased))
+  redis.call('HDEL', K_LEASES, unpack(unleased))
+end
 if #done > 0 then redis.call('ZADD', K_DONE, unpack(done)) end
 if #dead > 0 then redis.call('ZADD', K_DEAD, unpack(dead)) end
 count_flush()
@@ -326,20 +365,24 @@ if op == 'counts' then
 elseif op == 'cancel' then
   local id = ARGV[4]
   local k = jk(id)
-  local h = redis.call('HMGET', k, 'state', 'tenant', 'run_at', 'seq')
+  local h = redis.call('HMGET', k, 'state', 'tenant', 'run_at', 'seq', 'attempts')
   if not h[1] then return 0 end
   if ARGV[5] == '1' and h[2] ~= ARGV[6] then return 0 end
-  if h[1] == 'queued' then
+  local from = h[1]
+  local tok, exp, att = lease_parse(redis.call('HGET', K_LEASES, id))
+  if tok then
+    from = 'running'
+    redis.call('ZREM', K_LEASED, id)
+    redis.call('HDEL', K_LEASES, id)
+  elseif h[1] == 'queued' then
     ready_rem(id, h[3], h[4])
     redis.call('ZREM', K_SCHED, id)
-  elseif h[1] == 'running' then
-    redis.call('ZREM', K_LEASED, id)
   else
     return 0
   end
-  redis.call('HSET', k, 'state', 'dead', 'reason', 'cancelled', 'updated_at', NOW_S, 'lease', '')
+  redis.call('HSET', k, 'state', 'dead', 'reason', 'cancelled', 'updated_at', NOW_S, 'attempts', att or h[5] or 0)
   redis.call('ZADD', K_DEAD, NOW_S, id)
-  move(h[2], h[1], 'dead')
+  move(h[2], from, 'dead')
   return 1
 elseif op == 'requeue' then
   local ids = {}
@@ -395,10 +438,17 @@ elseif op == 'list' then
           if s[3] then id = string.sub(m, 34) end
           local k = jk(id)
           local h = redis.call('HMGET', k, 'state', 'tenant')
-          if h[1] == s[2] and ((not tg) or h[2] == tenant) then
+          local rec = redis.call('HGET', K_LEASES, id)
+          local st = h[1]
+          if rec and st == 'queued' then st = 'running' end
+          if st == s[2] and ((not tg) or h[2] == tenant) then
             local f = redis.call('HGETALL', k)
             f[#f + 1] = 'id'
             f[#f + 1] = id
+            if rec then
+              f[#f + 1] = 'lease'
+              f[#f + 1] = rec
+            end
             out[#out + 1] = f
             if #out >= limit then break end
           end
