@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <array>
 #include <charconv>
+#include <cmath>
 #include <deque>
 #include <exception>
 #include <limits>
@@ -35,6 +36,12 @@ std::string num(double v) {
   auto [p, ec] = std::to_chars(buf.data(), buf.data() + buf.size(), v);
   return std::string(buf.data(), p);
 }
+
+/// Unix seconds cut to whole milliseconds: its text has at most 14 significant digits, so
+/// Redis parses it (ZADD scores, and the scores of small sorted sets, which are stored as
+/// text and re-parsed on every insert) on strtod's fast path instead of its multi-precision
+/// one. Floor, so that a delayed job is never fetched early.
+double ms_floor(double v) { return std::floor(v * 1000) / 1000; }
 
 double to_double(const std::string& s, double dflt = 0) {
   if (s.empty()) return dflt;
@@ -223,8 +230,8 @@ class RedisQueue final : public JobQueue {
     const int max_jobs = std::max(1, req.max_jobs);
     std::vector<LeasedJob> out;
     while (true) {
-      double now = unix_now();
-      double expires = now + std::chrono::duration<double>(req.lease).count();
+      double now = ms_floor(unix_now());
+      double expires = ms_floor(now + std::chrono::duration<double>(req.lease).count());
       std::string token_prefix = new_lease_token();
       std::vector<std::string> args1{num(now), std::to_string(max_jobs), req.owner, num(expires), token_prefix};
       auto r = co_await eval(Script::fetch, std::move(args1));
@@ -276,7 +283,7 @@ class RedisQueue final : public JobQueue {
   }
 
   Task<Settle> heartbeat(Lease& lease, std::chrono::milliseconds extend) override {
-    double expires = unix_now() + std::chrono::duration<double>(extend).count();
+    double expires = ms_floor(unix_now() + std::chrono::duration<double>(extend).count());
     std::vector<std::string> args6{num(expires)};
     auto s = co_await settle(lease, "heartbeat", std::move(args6));
     if (s == Settle::ok) lease.expires_at = expires;
@@ -420,7 +427,7 @@ class RedisQueue final : public JobQueue {
   }
 
   Task<Settle> settle(const Lease& lease, const char* op, std::vector<std::string> extra) {
-    std::vector<std::string> argv{num(unix_now()), op, lease.job_id, lease.token};
+    std::vector<std::string> argv{num(ms_floor(unix_now())), op, lease.job_id, lease.token};
     for (auto& e : extra) argv.push_back(std::move(e));
     auto r = co_await eval(Script::settle, std::move(argv));
     co_return r.as_int() == 1 ? Settle::ok : Settle::stale;
@@ -490,7 +497,7 @@ class RedisQueue final : public JobQueue {
       if (batch.size() == 1) {
         batch[0]->result = co_await settle_one(*batch[0]);
       } else {
-        std::vector<std::string> argv{num(unix_now()), std::to_string(batch.size())};
+        std::vector<std::string> argv{num(ms_floor(unix_now())), std::to_string(batch.size())};
         argv.reserve(2 + 6 * batch.size());
         for (auto& p : batch) {
           argv.push_back(p->op);
