@@ -150,13 +150,16 @@ TEST(SqliteQueue, NewerSchemaVersionIsRefused) {
 }
 
 // A file written by schema version 1 (four indexes) is migrated in place on open: its jobs
-// stay, the indexes are the current two, the version is the current one.
+// stay, the indexes are the current ones, the version is the current one.
 TEST(SqliteQueue, Version1FileIsMigratedOnOpen) {
   auto path = (TempDir::path() / "v1.db").string();
   std::string url = "sqlite://" + path;
   EXPECT_EQ(open_error(url), "");
   // Turn the fresh file back into what version 1 wrote, with one job in it.
-  sql_exec(path, "DROP INDEX penguiflow_jobs_state");
+  sql_exec(path, "DROP INDEX penguiflow_jobs_claim");
+  sql_exec(path, "DROP INDEX penguiflow_jobs_settled");
+  sql_exec(path,
+           "CREATE INDEX penguiflow_jobs_claim ON penguiflow_jobs (priority DESC, ready_at, seq) WHERE ready_at IS NOT NULL");
   sql_exec(path, "CREATE INDEX penguiflow_jobs_due ON penguiflow_jobs (ready_at) WHERE ready_at IS NOT NULL");
   sql_exec(path, "CREATE INDEX penguiflow_jobs_state ON penguiflow_jobs (state, updated_at)");
   sql_exec(path, "CREATE INDEX penguiflow_jobs_tenant ON penguiflow_jobs (tenant, state)");
@@ -182,7 +185,7 @@ TEST(SqliteQueue, Version1FileIsMigratedOnOpen) {
   auto indexes = sql_column(path,
                             "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'penguiflow_jobs'"
                             " AND name NOT LIKE 'sqlite_autoindex%' ORDER BY name");
-  std::vector<std::string> want{"penguiflow_jobs_claim", "penguiflow_jobs_idem", "penguiflow_jobs_state"};
+  std::vector<std::string> want{"penguiflow_jobs_claim", "penguiflow_jobs_idem", "penguiflow_jobs_settled"};
   EXPECT_EQ(indexes, want);
 }
 

@@ -213,10 +213,24 @@ struct BatchItem {
   virtual void finish(std::shared_ptr<BatchItem> self) = 0;  // posts the result to the caller
 };
 
+/// A claimed row, still undecoded (decoding runs on the caller's thread).
+struct ClaimedRow {
+  std::int64_t seq;
+  std::string id, doc, token;
+  int attempts, priority;
+  double run_at, created_at;
+};
+
 struct ClaimResult {
-  std::vector<LeasedJob> jobs;
-  bool claimed_any = false;  // rows were claimed (some may have gone dead, Q9)
+  std::vector<ClaimedRow> rows;  // in claim order
+  double now = 0, expires = 0;
   std::optional<double> next_due;
+};
+
+/// A claimed row whose document cannot be run (Q9), to be made dead under its lease.
+struct BadRow {
+  std::int64_t seq;
+  std::string token, reason, details;
 };
 
 class SqliteQueue final : public JobQueue {
@@ -278,8 +292,12 @@ class SqliteQueue final : public JobQueue {
     for (;;) {
       auto fn2 = [this, req, force](Db& db) { return claim(db, req, force); };
       auto r = co_await on_db(std::move(fn2));
-      if (!r.jobs.empty() || req.max_jobs <= 0) co_return std::move(r.jobs);
-      if (r.claimed_any) continue;  // only bad rows were claimed (Q9): look again now
+      if (!r.rows.empty()) {
+        auto jobs = co_await decode_claimed(r, req.owner);
+        if (!jobs.empty()) co_return jobs;
+        continue;  // only bad rows were claimed (Q9): look again now
+      }
+      if (req.max_jobs <= 0) co_return std::vector<LeasedJob>{};
       if (std::chrono::steady_clock::now() >= deadline) co_return std::vector<LeasedJob>{};
       auto wake = std::min(deadline, std::chrono::steady_clock::now() + opts_.poll_interval);
       if (r.next_due) wake = std::min(wake, detail::steady_after(*r.next_due - unix_now()));
@@ -347,12 +365,16 @@ class SqliteQueue final : public JobQueue {
       Counts c;
       for (auto s : {JobState::queued, JobState::running, JobState::succeeded, JobState::dead})
         c.by_state[std::string(to_string(s))] = 0;
-      auto s = db.prepare("SELECT coalesce(tenant, ''), state, count(*) FROM " + jobs_ + " GROUP BY 1, 2");
-      while (s.step()) {
-        auto n = s.integer(2);
-        auto st = s.text(1);
-        c.by_state[st] += n;
-        c.by_tenant[s.text(0)][st] += n;
+      // Live and settled rows separately, each a scan of its covering partial index.
+      for (const char* part : {"NOT NULL", "NULL"}) {
+        auto s = db.prepare("SELECT coalesce(tenant, ''), state, count(*) FROM " + jobs_ + " WHERE ready_at IS " +
+                            part + " GROUP BY 1, 2");
+        while (s.step()) {
+          auto n = s.integer(2);
+          auto st = s.text(1);
+          c.by_state[st] += n;
+          c.by_tenant[s.text(0)][st] += n;
+        }
       }
       return c;
     };
@@ -428,7 +450,8 @@ class SqliteQueue final : public JobQueue {
   Task<std::int64_t> purge(double older_than_s) override {
     auto fn12 = [this, older_than_s](Db& db) {
       WriteTxn txn(db);
-      auto s = db.prepare("DELETE FROM " + jobs_ + " WHERE state IN ('succeeded', 'dead') AND updated_at < ?1");
+      auto s = db.prepare("DELETE FROM " + jobs_ +
+                          " WHERE ready_at IS NULL AND state IN ('succeeded', 'dead') AND updated_at < ?1");
       s.bind(1, unix_now() - older_than_s).run();
       auto n = db.changes();
       txn.commit();
@@ -614,11 +637,7 @@ class SqliteQueue final : public JobQueue {
         latency_s REAL,
         created_at REAL,
         updated_at REAL))");
-      // Every transition rewrites the entries of these two indexes only (claims, settles):
-      // each index more costs pages written to the WAL per commit (schema v1 had four:
-      // 25-30% more CPU per job). Counts, lists and purges scan `_state`.
-      db.exec("CREATE INDEX " + j + "_claim ON " + j + " (priority DESC, ready_at, seq) WHERE ready_at IS NOT NULL");
-      db.exec("CREATE INDEX " + j + "_state ON " + j + " (state, tenant, updated_at)");
+      create_indexes(db);
       db.exec("CREATE UNIQUE INDEX " + j + "_idem ON " + j +
               " (tenant, idempotency_key) WHERE idempotency_key IS NOT NULL");
       // An outside producer may insert just (id, doc): fill the columns from the document
@@ -642,15 +661,25 @@ class SqliteQueue final : public JobQueue {
               ", updated_at = " + kSqlNow + " WHERE seq = NEW.seq; END");
       db.exec("CREATE TABLE " + effects_ + " (key TEXT PRIMARY KEY, value TEXT NOT NULL, created_at REAL NOT NULL)");
       db.exec("INSERT INTO " + version_ + " (version) VALUES (" + std::to_string(kSqliteSchemaVersion) + ")");
-    } else if (*have < 2) {  // v1 -> v2: four indexes per transition down to two
-      const auto& j = jobs_;
-      db.exec("DROP INDEX IF EXISTS " + j + "_due");
-      db.exec("DROP INDEX IF EXISTS " + j + "_tenant");
-      db.exec("DROP INDEX IF EXISTS " + j + "_state");
-      db.exec("CREATE INDEX " + j + "_state ON " + j + " (state, tenant, updated_at)");
+    } else if (*have < 2) {  // v1 -> v2: four indexes per transition down to one or two
+      for (auto* name : {"_claim", "_due", "_state", "_tenant"}) db.exec("DROP INDEX IF EXISTS " + jobs_ + name);
+      create_indexes(db);
       db.exec("UPDATE " + version_ + " SET version = 2");
     }
     txn.commit();
+  }
+
+  // A claim or settle rewrites the row and its entries in every index it is in, and each
+  // index more is pages more written to the WAL per commit (schema v1 had four indexes,
+  // each touched by every transition: ~25% more CPU per job). So: live rows (queued,
+  // running: ready_at set) are in `_claim` only, settled rows (ready_at NULL) in
+  // `_settled` only. A claim moves an entry within `_claim`; a settle moves it to
+  // `_settled`. `_claim` carries state and tenant so that counts read both indexes alone.
+  void create_indexes(Db& db) {
+    const auto& j = jobs_;
+    db.exec("CREATE INDEX " + j + "_claim ON " + j +
+            " (priority DESC, ready_at, seq, state, tenant) WHERE ready_at IS NOT NULL");
+    db.exec("CREATE INDEX " + j + "_settled ON " + j + " (state, tenant, updated_at) WHERE ready_at IS NULL");
   }
 
   std::vector<EnqueueResult> insert_jobs(Db& db, const std::vector<NewJob>& jobs) {
@@ -699,38 +728,47 @@ class SqliteQueue final : public JobQueue {
       return r;
     }
     WriteTxn txn(db);
-    now = unix_now();
-    double expires = now + req.lease.count() / 1000.0;
-    struct Row {
-      std::int64_t seq;
-      std::string id, doc, token;
-      int attempts, priority;
-      double run_at, created_at;
-    };
-    std::vector<Row> rows;
+    r.now = now = unix_now();
+    r.expires = now + req.lease.count() / 1000.0;
     {
       auto s = db.prepare("UPDATE " + jobs_ +
                           " SET state='running', attempts=attempts+1, lease_owner=?1, lease_token=?2 || '.' || seq,"
                           " ready_at=?3, updated_at=?4 WHERE seq IN (SELECT seq FROM " + jobs_ +
                           " WHERE ready_at IS NOT NULL AND ready_at <= ?4 ORDER BY priority DESC, ready_at, seq"
                           " LIMIT ?5) RETURNING seq, id, doc, lease_token, attempts, priority, run_at, created_at");
-      s.bind(1, req.owner).bind(2, new_lease_token()).bind(3, expires).bind(4, now).bind(5, std::max(0, req.max_jobs));
+      s.bind(1, req.owner).bind(2, new_lease_token()).bind(3, r.expires).bind(4, now);
+      s.bind(5, std::max(0, req.max_jobs));
       while (s.step())
-        rows.push_back(Row{s.integer(0), s.text(1), s.text(2), s.text(3), static_cast<int>(s.integer(4)),
-                           static_cast<int>(s.integer(5)), s.real(6), s.real(7)});
+        r.rows.push_back(ClaimedRow{s.integer(0), s.text(1), s.text(2), s.text(3), static_cast<int>(s.integer(4)),
+                                    static_cast<int>(s.integer(5)), s.real(6), s.real(7)});
     }
+    if (r.rows.empty()) {
+      next_due_ = earliest_ready(db);
+      r.next_due = next_due_;
+    }
+    txn.commit();
+    if (r.rows.empty()) last_empty_ = seen;
+    else last_empty_ = {-1, -1};
+    return r;
+  }
+
+  // Caller's thread: decodes the claimed rows into leased jobs (JSON parsing is most of a
+  // claim's CPU, and the database thread is the one every claim and settle waits for).
+  // Rows whose document cannot run go dead once, each under its own new lease (Q9); a
+  // crash before that leaves them leased, and the next claim after the lease finds them
+  // bad again.
+  Task<std::vector<LeasedJob>> decode_claimed(ClaimResult& r, const std::string& owner) {
     // RETURNING order is unspecified: restore the claim order.
-    std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) {
+    std::sort(r.rows.begin(), r.rows.end(), [](const ClaimedRow& a, const ClaimedRow& b) {
       return std::tie(b.priority, a.run_at, a.seq) < std::tie(a.priority, b.run_at, b.seq);
     });
-    r.claimed_any = !rows.empty();
-    for (auto& row : rows) {
+    std::vector<LeasedJob> jobs;
+    jobs.reserve(r.rows.size());
+    std::vector<BadRow> bad;
+    for (auto& row : r.rows) {
       auto d = decode_job_document(row.doc, config_, row.id);
-      if (!d) {  // Q9: dead once, in the same transaction as the claim
-        auto s = db.prepare("UPDATE " + jobs_ +
-                            " SET state='dead', reason=?1, details=?2, ready_at=NULL, lease_token=NULL,"
-                            " lease_owner=NULL, updated_at=?3 WHERE seq=?4");
-        s.bind(1, d.error->reason).bind(2, json::serialize(d.error->details())).bind(3, now).bind(4, row.seq).run();
+      if (!d) {
+        bad.push_back(BadRow{row.seq, row.token, d.error->reason, json::serialize(d.error->details())});
         continue;
       }
       Job& j = *d.job;
@@ -740,20 +778,29 @@ class SqliteQueue final : public JobQueue {
       j.run_at = row.run_at;
       j.state = JobState::running;
       j.created_at = row.created_at;
-      j.updated_at = now;
-      j.lease_owner = req.owner;
-      j.lease_expires_at = expires;
-      Lease lease{row.id, req.owner, row.token, expires};
-      r.jobs.push_back(LeasedJob{std::move(j), std::move(lease)});
+      j.updated_at = r.now;
+      j.lease_owner = owner;
+      j.lease_expires_at = r.expires;
+      Lease lease{std::move(row.id), owner, std::move(row.token), r.expires};
+      jobs.push_back(LeasedJob{std::move(j), std::move(lease)});
     }
-    if (rows.empty()) {
-      next_due_ = earliest_ready(db);
-      r.next_due = next_due_;
+    if (!bad.empty()) {
+      auto fn = [this, bad = std::move(bad)](Db& db) {
+        WriteTxn txn(db);
+        double now = unix_now();
+        for (auto& b : bad) {
+          auto s = db.prepare("UPDATE " + jobs_ +
+                              " SET state='dead', reason=?1, details=?2, ready_at=NULL, lease_token=NULL,"
+                              " lease_owner=NULL, updated_at=?3 WHERE seq=?4 AND lease_token=?5 AND state='running'");
+          s.bind(1, b.reason).bind(2, b.details).bind(3, now).bind(4, b.seq).bind(5, b.token).run();
+        }
+        txn.commit();
+        ++local_writes_;
+        return true;
+      };
+      co_await on_db(std::move(fn));
     }
-    txn.commit();
-    if (rows.empty()) last_empty_ = seen;
-    else last_empty_ = {-1, -1};
-    return r;
+    co_return jobs;
   }
 
   // The earliest ready_at of any row (delayed, or leased until then), read from `_claim`
