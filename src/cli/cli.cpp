@@ -137,7 +137,7 @@ int run(int argc, char** argv, worker::FlowRegistry flows) {
   DemoOptions demo;
   auto* demo_cmd = app.add_subcommand("demo", "Enqueue example jobs into an embedded SQLite queue and run a worker on them, with live progress and a summary");
   demo_cmd->add_option("--jobs", demo.jobs, "How many example jobs")->check(CLI::Range(1, 10000000))->capture_default_str();
-  demo_cmd->add_option("--queue", demo.queue, "Queue URL for the demo (recreated when it is a SQLite file)")->envname("PENGUIFLOW_DEMO_QUEUE")->capture_default_str();
+  demo_cmd->add_option("-q,--queue", demo.queue, "Queue URL for the demo (recreated when it is a SQLite file)")->envname("PENGUIFLOW_DEMO_QUEUE")->capture_default_str();
   demo_cmd->add_option("--concurrency", demo.concurrency, "Jobs in flight per thread")->check(CLI::Range(1, 100000))->capture_default_str();
   demo_cmd->add_option("--threads", demo.threads, "Worker threads (shards)")->check(CLI::Range(1, 256))->capture_default_str();
 
@@ -233,6 +233,7 @@ int run(int argc, char** argv, worker::FlowRegistry flows) {
   try {
     if (*demo_cmd) {
       if (log_level == "info") configure_logging(logging_from(log_format, "error"));  // keep the progress line readable
+      if (argc > 0 && argv[0] && *argv[0]) demo.program = argv[0];
       return run_demo(demo, std::move(flows));
     }
     if (*flows_cmd) {

@@ -14,6 +14,7 @@ struct DemoOptions {
   std::string queue = "sqlite://./penguiflow-demo.db";
   int concurrency = 64;
   int threads = 2;
+  std::string program = "penguiflow";  // how the command was invoked (argv[0]), for the hints
 };
 
 /// `penguiflow demo`: fresh SQLite queue, example jobs, a worker with a live progress

@@ -198,9 +198,10 @@ int run_demo(const DemoOptions& o, worker::FlowRegistry flows) {
     for (auto& [flow, reason] : first_dead) std::printf("    %-12s %s\n", flow.c_str(), reason.c_str());
   }
   std::printf("\nWhere to look next:\n");
-  std::printf("  penguiflow stats --queue %s\n", o.queue.c_str());
-  std::printf("  penguiflow dead  --queue %s\n", o.queue.c_str());
-  std::printf("  penguiflow jobs  --queue %s --state succeeded --limit 5 --json\n", o.queue.c_str());
+  const char* cmd = o.program.c_str();  // as invoked: scripts/demo.sh runs build/apps/penguiflow/penguiflow
+  std::printf("  %s stats --queue %s\n", cmd, o.queue.c_str());
+  std::printf("  %s dead  --queue %s\n", cmd, o.queue.c_str());
+  std::printf("  %s jobs  --queue %s --state succeeded --limit 5 --json\n", cmd, o.queue.c_str());
   std::printf("  docs/operations.md (running workers), docs/architecture.md (how it works)\n");
   bool ok = q_left == 0 && q_dead == expected_dead && q_succeeded + q_dead == std::int64_t(total);
   if (!ok) std::printf("\nUNEXPECTED: the counts above do not add up; see the logs.\n");

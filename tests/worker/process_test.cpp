@@ -776,6 +776,18 @@ TEST_F(CliBasics, HelpOnEverySubcommandExitsZero) {
   EXPECT_NE(f.out.find("quickstart"), std::string::npos) << f.out;
 }
 
+// The README's main job: `penguiflow demo` on a fresh SQLite file ends with exit 0, the
+// expected dead letters (the flows that fail on purpose), nothing left queued, and hints
+// that name the command as it was invoked.
+TEST_F(CliBasics, DemoRunsToASummaryThatAddsUp) {
+  auto r = run({"demo", "--jobs", "300", "-q", "sqlite://" + dir_.str("demo.db")}, 120s);
+  ASSERT_EQ(r.code, 0) << r.err << r.out;
+  EXPECT_EQ(r.out.find("UNEXPECTED"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("left in queue   0"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("dead letters, one reason per flow"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(std::string(kCliBin) + " stats --queue sqlite://"), std::string::npos) << r.out;
+}
+
 // ==================================================================== idle cost
 
 // An idle worker at --concurrency 64 on SQLite: resident memory once it has settled
