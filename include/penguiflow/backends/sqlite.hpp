@@ -16,10 +16,12 @@ namespace penguiflow::queue {
 struct SqliteOptions {
   std::string path;                                  // file path ("./penguiflow.db")
   std::chrono::milliseconds busy_timeout{5000};      // wait for another writer this long
-  /// A fetch with nothing ready re-checks the file this often for other processes'
-  /// writes (a cheap PRAGMA data_version; a claim only runs when something changed or a
-  /// delayed job / lease comes due). Writes through the same queue object wake fetchers
-  /// immediately.
+  /// A fetch with nothing ready wakes at once for writes through the same queue object
+  /// and, on Linux, for other connections' commits (inotify on the -wal file). It also
+  /// re-checks the file every poll_interval (a cheap PRAGMA data_version; a claim only runs
+  /// when something changed or a delayed job / lease came due): the only way to see other
+  /// processes' writes where the file cannot be watched, and a safety net (at least 1 s
+  /// apart) where it can.
   std::chrono::milliseconds poll_interval{25};
 };
 

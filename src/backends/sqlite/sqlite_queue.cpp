@@ -4,13 +4,19 @@
 // database call is a closure posted to that thread; its result (or exception) is posted
 // back to the awaiting coroutine's executor, with a work guard keeping that executor's
 // loop alive meanwhile. Waiting fetchers sleep on the caller's executor (WaitSet), woken
-// by this object's own writes or by a short poll that first checks PRAGMA data_version.
+// by this object's own writes, by inotify on the -wal file (other connections' commits),
+// and by a poll that first checks PRAGMA data_version (the only way when the file cannot
+// be watched; a slow safety net when it can).
 #include <penguiflow/backends/sqlite.hpp>
 #include <penguiflow/queue/detail/wait_set.hpp>
 #include <penguiflow/queue/ids.hpp>
 #include <penguiflow/queue/job_codec.hpp>
 
 #include <boost/asio/async_result.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/redirect_error.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
@@ -19,8 +25,11 @@
 #include <boost/json/serialize.hpp>
 
 #include <sqlite3.h>
+#include <sys/inotify.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <mutex>
 #include <thread>
@@ -269,6 +278,7 @@ class SqliteQueue final : public JobQueue {
       return true;
     };
     co_await on_db(std::move(fn0));
+    watch_wal();
   }
 
   Task<EnqueueResult> enqueue(NewJob job) override {
@@ -299,7 +309,8 @@ class SqliteQueue final : public JobQueue {
       }
       if (req.max_jobs <= 0) co_return std::vector<LeasedJob>{};
       if (std::chrono::steady_clock::now() >= deadline) co_return std::vector<LeasedJob>{};
-      auto wake = std::min(deadline, std::chrono::steady_clock::now() + opts_.poll_interval);
+      auto poll = wal_watch_ ? std::max(opts_.poll_interval, kWatchedPoll) : opts_.poll_interval;
+      auto wake = std::min(deadline, std::chrono::steady_clock::now() + poll);
       if (r.next_due) wake = std::min(wake, detail::steady_after(*r.next_due - unix_now()));
       co_await waiters_.wait_until(wake);
       force = false;
@@ -495,6 +506,7 @@ class SqliteQueue final : public JobQueue {
   Task<void> close() override {
     if (closed_) co_return;
     closed_ = true;
+    wal_watch_.reset();  // the watch loop wakes with operation_aborted and ends
     auto fn15 = [](Db& db) {
       db.close();
       return true;
@@ -507,6 +519,36 @@ class SqliteQueue final : public JobQueue {
   std::string describe() const override { return url_; }
 
  private:
+  /// With the -wal file watched, the poll is only a safety net.
+  static constexpr std::chrono::milliseconds kWatchedPoll{1000};
+
+  // Fetchers waiting on an empty queue wake when another connection (another process,
+  // another queue object) commits: every commit writes the -wal file, and inotify reports
+  // it (the kernel folds repeated unread events into one, so a busy file costs one read
+  // per batch of commits). Our own connection holds the -wal file open, so it is not
+  // deleted and recreated under the watch. Where inotify is unavailable (not Linux, a
+  // network file system, no watches left) the poll_ms poll does the job alone.
+  void watch_wal() {
+    int fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+    if (fd < 0) return;
+    if (inotify_add_watch(fd, (opts_.path + "-wal").c_str(), IN_MODIFY) < 0) {
+      ::close(fd);
+      return;
+    }
+    wal_watch_.emplace(ex_, fd);
+    asio::co_spawn(ex_, wal_events(), asio::detached);
+  }
+
+  Task<void> wal_events() {
+    std::array<char, 4096> buf;  // events are only counted, never decoded
+    for (;;) {
+      boost::system::error_code ec;
+      co_await wal_watch_->async_read_some(asio::buffer(buf), asio::redirect_error(asio::use_awaitable, ec));
+      if (ec) co_return;  // closed by close() or the destructor: touch nothing of `this`
+      waiters_.notify_all();
+    }
+  }
+
   static constexpr const char* kJobColumns =
       "id, doc, tenant, flow, priority, run_at, ready_at, state, attempts, idempotency_key, lease_owner, reason,"
       " details, result, latency_s, created_at, updated_at";
@@ -854,6 +896,7 @@ class SqliteQueue final : public JobQueue {
   QueueConfig config_;
   std::string jobs_, effects_, version_;
   detail::WaitSet waiters_;  // caller's executor
+  std::optional<asio::posix::stream_descriptor> wal_watch_;  // caller's executor; empty: poll only
   bool closed_ = false;
 
   std::mutex batch_mu_;
