@@ -47,21 +47,30 @@ RespValue RespValue::make_array(std::vector<RespValue> e) {
   return v;
 }
 
+namespace {
+// "<prefix><n>\r\n" appended to out (to_chars: no printf per argument).
+void append_header(std::string& out, char prefix, std::size_t n) {
+  char buf[24];
+  buf[0] = prefix;
+  auto [p, ec] = std::to_chars(buf + 1, buf + sizeof buf - 2, n);
+  *p++ = '\r';
+  *p++ = '\n';
+  out.append(buf, static_cast<std::size_t>(p - buf));
+}
+}  // namespace
+
 std::string format_command(const std::vector<std::string>& args) {
-  std::vector<const char*> argv;
-  std::vector<size_t> lens;
-  argv.reserve(args.size());
-  lens.reserve(args.size());
+  std::size_t size = 16;
+  for (const auto& a : args) size += a.size() + 16;
+  std::string out;
+  out.reserve(size);
+  append_header(out, '*', args.size());
   for (const auto& a : args) {
-    argv.push_back(a.data());
-    lens.push_back(a.size());
+    append_header(out, '$', a.size());
+    out.append(a);
+    out.append("\r\n", 2);
   }
-  char* out = nullptr;
-  int n = redisFormatCommandArgv(&out, static_cast<int>(args.size()), argv.data(), lens.data());
-  if (n < 0 || out == nullptr) throw std::bad_alloc();
-  std::string s(out, static_cast<size_t>(n));
-  std::free(out);
-  return s;
+  return out;
 }
 
 void RespReader::Deleter::operator()(void* r) const { redisReaderFree(static_cast<redisReader*>(r)); }

@@ -1,6 +1,6 @@
 // RESP2 values, command formatting and reply parsing for the Redis backend. hiredis 0.14 is
-// used only as a parser (redisReader) and formatter (redisFormatCommandArgv); no hiredis
-// I/O. Pure, sans-io code: no sockets, no event loop. Not thread-safe per object.
+// used only as a parser (redisReader); commands are formatted here (hiredis's formatter
+// runs a sprintf per argument); no hiredis I/O. Pure, sans-io code: no sockets, no event loop. Not thread-safe per object.
 #pragma once
 
 #include <cstdint>

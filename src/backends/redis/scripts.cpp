@@ -138,7 +138,7 @@ return out
 )LUA";
 
 // ARGV: prefix, now, max, owner, lease_expires_at, token_prefix.
-// Returns {next_due ('' when none), {job1, job2, ...}}; each job is the array {id, doc,
+// Returns {next_due ('' when none or when jobs were taken), {job1, job2, ...}}; each job is the array {id, doc,
 // tenant, attempts (after this fetch), priority, run_at, created_at, reason, details}
 // (nil where the hash has no such field); the lease token is ARGV[6] for every job.
 const char* const kFetch = R"LUA(
@@ -236,11 +236,14 @@ end
 count_flush()
 -- Nothing left to signal: drop stale wake-up tokens.
 if redis.call('ZCARD', K_READY) == 0 then redis.call('DEL', K_WAKE) end
+-- The earliest time something may become ready (only read by a fetch that got nothing).
 local next_due = ''
-local s = redis.call('ZRANGE', K_SCHED, 0, 0, 'WITHSCORES')
-if s[2] then next_due = s[2] end
-local l = redis.call('ZRANGE', K_LEASED, 0, 0, 'WITHSCORES')
-if l[2] and (next_due == '' or tonumber(l[2]) < tonumber(next_due)) then next_due = l[2] end
+if #jobs == 0 then
+  local s = redis.call('ZRANGE', K_SCHED, 0, 0, 'WITHSCORES')
+  if s[2] then next_due = s[2] end
+  local l = redis.call('ZRANGE', K_LEASED, 0, 0, 'WITHSCORES')
+  if l[2] and (next_due == '' or tonumber(l[2]) < tonumber(next_due)) then next_due = l[2] end
+end
 return {next_due, jobs}
 )LUA";
 
