@@ -54,6 +54,38 @@ TEST(RedisResp, ParsesEveryReplyTypeAcrossArbitrarySplits) {
   EXPECT_EQ(got[6].elements[2].str, "zz");
 }
 
+TEST(RedisResp, LargeNestedReplyInAnySplitParsesOnceAndWhole) {
+  // A fetch-like reply: {next_due, {{id, doc-with-CRLF, nil, ...}, ...}} then a status.
+  std::string wire = "*2\r\n$0\r\n\r\n*300\r\n";
+  for (int i = 0; i < 300; ++i) {
+    std::string id = "job-" + std::to_string(i);
+    std::string doc = "{\"a\":\"x\r\ny\"," + std::string(static_cast<std::size_t>(i), 'z') + "}";
+    wire += "*4\r\n$" + std::to_string(id.size()) + "\r\n" + id + "\r\n$" + std::to_string(doc.size()) + "\r\n" + doc +
+            "\r\n$-1\r\n:" + std::to_string(i) + "\r\n";
+  }
+  wire += "+OK\r\n";
+  for (std::size_t chunk : {std::size_t(1), std::size_t(7), std::size_t(4096), wire.size()}) {
+    RespReader r;
+    std::vector<RespValue> got;
+    for (std::size_t at = 0; at < wire.size(); at += chunk) {
+      r.feed(std::string_view(wire).substr(at, chunk));
+      while (auto v = r.next()) got.push_back(std::move(*v));
+    }
+    ASSERT_EQ(got.size(), 2u) << chunk;
+    ASSERT_EQ(got[0].elements.size(), 2u);
+    EXPECT_EQ(got[0].elements[0].str, "");
+    const auto& jobs = got[0].elements[1].elements;
+    ASSERT_EQ(jobs.size(), 300u);
+    EXPECT_EQ(jobs[299].elements[0].str, "job-299");
+    EXPECT_EQ(jobs[299].elements[1].str.size(), 13u + 299u);
+    EXPECT_NE(jobs[5].elements[1].str.find("x\r\ny"), std::string::npos);
+    EXPECT_TRUE(jobs[7].elements[2].is_nil());
+    EXPECT_EQ(jobs[9].elements[3].as_int(), 9);
+    EXPECT_EQ(got[1].str, "OK");
+    EXPECT_FALSE(r.next().has_value());
+  }
+}
+
 TEST(RedisResp, MalformedInputIsAProtocolError) {
   RespReader r;
   r.feed("?what\r\n");

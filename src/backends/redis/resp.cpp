@@ -1,9 +1,8 @@
 #include "resp.hpp"
 
-#include <hiredis/hiredis.h>
-
 #include <charconv>
 #include <cstdlib>
+#include <cstring>
 
 namespace penguiflow::queue::redis {
 
@@ -73,61 +72,88 @@ std::string format_command(const std::vector<std::string>& args) {
   return out;
 }
 
-void RespReader::Deleter::operator()(void* r) const { redisReaderFree(static_cast<redisReader*>(r)); }
-
-RespReader::RespReader() : reader_(redisReaderCreate()) {
-  if (!reader_) throw std::bad_alloc();
-  // Keep hiredis from shrinking/compacting its buffer on every call (0 = never free idle).
-  static_cast<redisReader*>(reader_.get())->maxbuf = 0;
-}
-
-RespReader::~RespReader() = default;
-
 void RespReader::feed(std::string_view bytes) {
-  auto* r = static_cast<redisReader*>(reader_.get());
-  if (redisReaderFeed(r, bytes.data(), bytes.size()) != REDIS_OK)
-    throw RespProtocolError(std::string("redis protocol error: ") + r->errstr);
+  if (pos_ > 0 && pos_ >= buf_.size() / 2) {  // drop what was parsed (amortized O(1) a byte)
+    buf_.erase(0, pos_);
+    pos_ = 0;
+  }
+  buf_.append(bytes.data(), bytes.size());
 }
 
 namespace {
-RespValue convert(const redisReply* r) {
-  RespValue v;
-  switch (r->type) {
-    case REDIS_REPLY_STRING:
-      v.type = RespValue::Type::string;
-      v.str.assign(r->str, r->len);
-      break;
-    case REDIS_REPLY_STATUS:
-      v.type = RespValue::Type::status;
-      v.str.assign(r->str, r->len);
-      break;
-    case REDIS_REPLY_ERROR:
-      v.type = RespValue::Type::error;
-      v.str.assign(r->str, r->len);
-      break;
-    case REDIS_REPLY_INTEGER:
-      v.type = RespValue::Type::integer;
-      v.integer = r->integer;
-      break;
-    case REDIS_REPLY_ARRAY:
-      v.type = RespValue::Type::array;
-      v.elements.reserve(r->elements);
-      for (size_t i = 0; i < r->elements; ++i) v.elements.push_back(convert(r->element[i]));
-      break;
-    default:
-      v.type = RespValue::Type::nil;
-  }
+std::int64_t parse_int(std::string_view line) {
+  std::int64_t v = 0;
+  auto [p, ec] = std::from_chars(line.data(), line.data() + line.size(), v);
+  if (ec != std::errc() || p != line.data() + line.size())
+    throw RespProtocolError("redis protocol error: bad number '" + std::string(line.substr(0, 32)) + "'");
   return v;
 }
 }  // namespace
 
 std::optional<RespValue> RespReader::next() {
-  auto* r = static_cast<redisReader*>(reader_.get());
-  void* reply = nullptr;
-  if (redisReaderGetReply(r, &reply) != REDIS_OK) throw RespProtocolError(std::string("redis protocol error: ") + r->errstr);
-  if (!reply) return std::nullopt;
-  std::unique_ptr<redisReply, void (*)(void*)> guard(static_cast<redisReply*>(reply), freeReplyObject);
-  return convert(guard.get());
+  const char* data = buf_.data();
+  const std::size_t size = buf_.size();
+  while (pos_ < size) {
+    // One element: its type byte and line, plus a bulk string's body.
+    const char* cr = static_cast<const char*>(std::memchr(data + pos_ + 1, '\r', size - pos_ - 1));
+    if (cr == nullptr || cr + 1 >= data + size) return std::nullopt;
+    if (cr[1] != '\n') throw RespProtocolError("redis protocol error: bare CR in a reply line");
+    const char type = data[pos_];
+    std::string_view line(data + pos_ + 1, static_cast<std::size_t>(cr - data - pos_ - 1));
+    std::size_t after = static_cast<std::size_t>(cr - data) + 2;
+    RespValue v;
+    std::int64_t n = 0;
+    switch (type) {
+      case '+': v.type = RespValue::Type::status; v.str.assign(line); break;
+      case '-': v.type = RespValue::Type::error; v.str.assign(line); break;
+      case ':': v.type = RespValue::Type::integer; v.integer = parse_int(line); break;
+      case '$': {
+        std::int64_t len = parse_int(line);
+        if (len < 0) break;  // nil
+        const auto ulen = static_cast<std::size_t>(len);
+        if (size - after < ulen + 2) return std::nullopt;
+        if (data[after + ulen] != '\r' || data[after + ulen + 1] != '\n')
+          throw RespProtocolError("redis protocol error: bulk string not followed by CRLF");
+        v.type = RespValue::Type::string;
+        v.str.assign(data + after, ulen);
+        after += ulen + 2;
+        break;
+      }
+      case '*':
+        n = parse_int(line);
+        if (n < 0) {
+          n = 0;
+          break;  // nil
+        }
+        v.type = RespValue::Type::array;
+        v.elements.reserve(static_cast<std::size_t>(n));
+        break;
+      default:
+        throw RespProtocolError(std::string("redis protocol error: unexpected reply type byte '") + type + "'");
+    }
+    pos_ = after;
+    RespValue* placed;
+    if (stack_.empty()) {
+      root_ = std::move(v);
+      placed = &root_;
+    } else {
+      auto& top = stack_.back();
+      top.array->elements.push_back(std::move(v));  // within the reserved capacity
+      placed = &top.array->elements.back();
+      --top.left;
+    }
+    if (n > 0) {
+      stack_.push_back(Frame{placed, static_cast<std::size_t>(n)});
+      continue;
+    }
+    while (!stack_.empty() && stack_.back().left == 0) stack_.pop_back();
+    if (stack_.empty()) {
+      RespValue out = std::move(root_);
+      root_ = RespValue();
+      return out;
+    }
+  }
+  return std::nullopt;
 }
 
 }  // namespace penguiflow::queue::redis

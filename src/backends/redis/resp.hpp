@@ -1,6 +1,6 @@
-// RESP2 values, command formatting and reply parsing for the Redis backend. hiredis 0.14 is
-// used only as a parser (redisReader); commands are formatted here (hiredis's formatter
-// runs a sprintf per argument); no hiredis I/O. Pure, sans-io code: no sockets, no event loop. Not thread-safe per object.
+// RESP2 values, command formatting and reply parsing for the Redis backend (no hiredis:
+// its formatter ran a sprintf per argument, and its parser built a redisReply tree that was
+// then copied into RespValues). Pure, sans-io code: no sockets, no event loop. Pure, sans-io code: no sockets, no event loop. Not thread-safe per object.
 #pragma once
 
 #include <cstdint>
@@ -47,11 +47,12 @@ class RespProtocolError : public std::runtime_error {
 std::string format_command(const std::vector<std::string>& args);
 
 /// Incremental reply parser: feed() bytes as they arrive (any split), next() yields each
-/// complete reply in order. Throws RespProtocolError on malformed input.
+/// complete reply in order. Throws RespProtocolError on malformed input. Resumable: an
+/// element is parsed once however the bytes are split (a partly received array keeps its
+/// parsed elements), so a large reply costs linear time.
 class RespReader {
  public:
-  RespReader();
-  ~RespReader();
+  RespReader() = default;
   RespReader(const RespReader&) = delete;
   RespReader& operator=(const RespReader&) = delete;
 
@@ -59,10 +60,14 @@ class RespReader {
   std::optional<RespValue> next();
 
  private:
-  struct Deleter {
-    void operator()(void* r) const;
+  struct Frame {
+    RespValue* array;  // inside root_ (its elements never reallocate: reserved up front)
+    std::size_t left;  // elements still to come
   };
-  std::unique_ptr<void, Deleter> reader_;
+  std::string buf_;
+  std::size_t pos_ = 0;  // first byte not parsed yet
+  RespValue root_;
+  std::vector<Frame> stack_;  // the arrays being filled, outermost first
 };
 
 }  // namespace penguiflow::queue::redis
