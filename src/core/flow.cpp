@@ -5,7 +5,6 @@
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/co_spawn.hpp>
-#include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/container/small_vector.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -47,23 +46,6 @@ bool is_validation(std::exception_ptr e) {
   } catch (...) {
     return false;
   }
-}
-
-// The result of one attempt, captured so that `work || timer` never loses the work's
-// exception to the timer (DESIGN.md pitfall).
-struct Guarded {
-  NodeOutput out;
-  std::exception_ptr error;
-};
-
-Task<Guarded> guarded(const NodeSpec& spec, std::any& input, Context& ctx) {
-  Guarded g;
-  try {
-    g.out = co_await spec.invoke(input, ctx);
-  } catch (...) {
-    g.error = std::current_exception();
-  }
-  co_return g;
 }
 
 }  // namespace
@@ -206,8 +188,13 @@ Task<void> FlowImpl::stop() {
   // idle one waits on its inbox (or on the sink, skipping a message past its deadline)
   // and the wake-ups below end it: it sees stopping_ and returns. (Cancelling idle
   // workers too cost a posted cancellation handler each: ~5% of a flow per job.)
-  for (auto& n : nodes_)
+  for (auto& n : nodes_) {
     if (n->busy) n->signal.emit(asio::cancellation_type::terminal);
+    if (n->watchdog) {  // its handler holds the flow: let it go now
+      n->watchdog->cancel();
+      n->watchdog_armed = false;
+    }
+  }
   // Wake idle workers and external emitters / fetchers: they see stopping_ (the latter
   // throw FlowStoppedError).
   for (auto& n : nodes_) {
@@ -657,17 +644,20 @@ Task<void> FlowImpl::worker(NodeRuntime& n) {
         bool timed_out = false;
         NodeOutput out;
         try {
-          if (policy.timeout_s) {
-            auto r = co_await attempt_with_timeout(n, input, ctx, *policy.timeout_s);
-            if (r) out = std::move(*r);
-            else timed_out = true;
-          } else {
-            out = co_await spec.invoke(input, ctx);
-          }
+          if (policy.timeout_s) arm_watchdog(n, *policy.timeout_s);
+          out = co_await spec.invoke(input, ctx);
         } catch (...) {
           error = std::current_exception();
         }
+        n.in_attempt = false;
         if (stopping_ || (t && t->cancelled)) break;
+        if (n.attempt_timed_out) {  // the watchdog cancelled this attempt: whatever it returned, it timed out
+          n.attempt_timed_out = false;
+          timed_out = true;
+          error = nullptr;
+          out.reset();
+          co_await asio::this_coro::reset_cancellation_state();
+        }
 
         if (!error && !timed_out) {
           if (listening()) publish_success(n, t, attempt, t0);
@@ -783,16 +773,30 @@ Task<bool> FlowImpl::after_failure(NodeRuntime& n, const Item& item, int attempt
   co_return false;
 }
 
-Task<std::optional<NodeOutput>> FlowImpl::attempt_with_timeout(NodeRuntime& n, std::any& input, Context& ctx,
-                                                               double timeout_s) {
-  using namespace asio::experimental::awaitable_operators;
-  asio::steady_timer timer(*ex_, std::chrono::duration_cast<std::chrono::steady_clock::duration>(
-                                     std::chrono::duration<double>(timeout_s)));
-  auto r = co_await (guarded(*n.spec, input, ctx) || timer.async_wait(asio::as_tuple(asio::use_awaitable)));
-  if (r.index() == 1) co_return std::nullopt;  // timed out; the attempt was cancelled
-  auto& g = std::get<0>(r);
-  if (g.error) std::rethrow_exception(g.error);
-  co_return std::move(g.out);
+void FlowImpl::arm_watchdog(NodeRuntime& n, double timeout_s) {
+  n.attempt_deadline = std::chrono::steady_clock::now() +
+                       std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(timeout_s));
+  n.in_attempt = true;
+  n.attempt_timed_out = false;
+  if (n.watchdog_armed) return;  // due at an earlier attempt's deadline: it re-arms for this one
+  if (!n.watchdog) n.watchdog = std::make_unique<asio::steady_timer>(*ex_);
+  n.watchdog->expires_at(n.attempt_deadline);
+  n.watchdog_armed = true;
+  n.watchdog->async_wait([self = shared_from_this(), &n](error_code ec) { self->on_watchdog(n, ec); });
+}
+
+void FlowImpl::on_watchdog(NodeRuntime& n, error_code ec) {
+  if (ec) return;  // cancelled by stop(), which already marked it unarmed (a new run may have re-armed it)
+  n.watchdog_armed = false;
+  if (stopping_ || !n.in_attempt) return;  // nothing to time
+  if (std::chrono::steady_clock::now() < n.attempt_deadline) {
+    n.watchdog->expires_at(n.attempt_deadline);
+    n.watchdog_armed = true;
+    n.watchdog->async_wait([self = shared_from_this(), &n](error_code ec) { self->on_watchdog(n, ec); });
+    return;
+  }
+  n.attempt_timed_out = true;
+  n.signal.emit(asio::cancellation_type::terminal);
 }
 
 FlowEvent FlowImpl::make_event(EventType type, const NodeRuntime* n, const TraceState* t, int attempt) const {

@@ -6,6 +6,7 @@
 #include <penguiflow/core/flow.hpp>
 
 #include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/steady_timer.hpp>
 
 #include <chrono>
 #include <cstddef>
@@ -182,6 +183,15 @@ struct NodeRuntime {
   TraceState* current = nullptr;            // trace of the invocation in flight
   bool busy = false;
   bool has_worker = false;  // started on the first message after run(), ended by stop()
+  // timeout_s (C5): one watchdog timer per node, not a timer per attempt. An attempt only
+  // records its deadline; the watchdog, when it fires, cancels the attempt in flight if
+  // that one is past its deadline, else re-arms for it (deadlines only grow: one attempt
+  // at a time per node, a fixed timeout).
+  std::unique_ptr<boost::asio::steady_timer> watchdog;  // created on the first timed attempt
+  std::chrono::steady_clock::time_point attempt_deadline;
+  bool in_attempt = false;      // a timed attempt is in flight
+  bool watchdog_armed = false;  // a wait is pending on `watchdog`
+  bool attempt_timed_out = false;
 };
 
 /// The sink ("Rookery"): results in arrival order, fetched by trace or in order.
@@ -250,7 +260,8 @@ class FlowImpl : public std::enable_shared_from_this<FlowImpl> {
                            bool timed_out, double t0);
   void publish_success(NodeRuntime& n, TraceState* t, int attempt, double t0);
   void log_unexpected(NodeRuntime& n, std::exception_ptr e);
-  Task<std::optional<NodeOutput>> attempt_with_timeout(NodeRuntime& n, std::any& input, Context& ctx, double timeout_s);
+  void arm_watchdog(NodeRuntime& n, double timeout_s);
+  void on_watchdog(NodeRuntime& n, boost::system::error_code ec);
 
   TraceRef trace_for(std::string_view id);
   TraceRef stamp(std::any& msg, std::string trace_id);

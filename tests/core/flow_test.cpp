@@ -318,6 +318,54 @@ TEST(C5_Reliability, TimeoutCancelsAttemptAndErrorReachesRookery) {
   }());
 }
 
+// A timeout bounds each attempt, not the node's busy time: 100 quick messages in a row,
+// together far longer than the timeout, all succeed (the node's one watchdog timer, due at
+// an earlier attempt's deadline, must re-arm instead of cancelling a later attempt).
+TEST(C5_Reliability, TimeoutBoundsEachAttemptNotTheNodesBusyTime) {
+  run_async([]() -> Task<void> {
+    Node quick("quick", [](int x, Context& ctx) -> Task<int> {
+      co_await ctx.sleep(0.003);
+      co_return x;
+    }, NodePolicy{.timeout_s = 0.05});
+    Flow flow({quick.to()}, FlowOptions{.emit_errors_to_rookery = true});
+    flow.run(co_await asio::this_coro::executor);
+    for (int i = 0; i < 100; ++i) co_await flow.emit(i);
+    for (int i = 0; i < 100; ++i) {
+      auto r = co_await flow.fetch();
+      EXPECT_EQ(r.type(), typeid(int)) << "message " << i << " did not succeed";
+    }
+    co_await flow.stop();
+  }(), std::chrono::seconds(30));
+}
+
+// Timeouts still fire after the flow is stopped mid-attempt and run again (stop() cancels
+// the node's armed watchdog; the next run must arm it anew).
+TEST(C5_Reliability, TimeoutFiresAgainAfterStopAndRun) {
+  run_async([]() -> Task<void> {
+    int started = 0;
+    Node hang("hang", [&](int x, Context& ctx) -> Task<int> {
+      ++started;
+      co_await ctx.sleep(30);
+      co_return x;
+    }, NodePolicy{.timeout_s = 0.2});
+    Flow flow({hang.to()}, FlowOptions{.emit_errors_to_rookery = true});
+    auto ex = co_await asio::this_coro::executor;
+    for (int round = 0; round < 3; ++round) {
+      flow.run(ex);
+      co_await flow.emit(round, "stopped");
+      auto began = [&]() -> Task<bool> { co_return started == 2 * round + 1; };
+      EXPECT_TRUE(co_await penguiflow::testing::eventually(began));
+      co_await flow.stop();  // the attempt is in flight: its watchdog is armed
+      flow.run(ex);
+      co_await flow.emit(round, "t");
+      auto r = co_await flow.fetch("t");
+      auto* err = std::any_cast<FlowError>(&r);
+      EXPECT_TRUE(err && err->code == FlowErrorCode::node_timeout) << "round " << round;
+      co_await flow.stop();
+    }
+  }(), std::chrono::seconds(20));
+}
+
 TEST(C5_Reliability, ExceptionBecomesFlowErrorOnlyWhenAsked) {
   run_async([]() -> Task<void> {
     Node bad("bad", [](int, Context&) -> Task<int> {
