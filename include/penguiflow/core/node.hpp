@@ -34,7 +34,11 @@ struct NodePolicy {
   /// Unset: `both` for typed nodes, `none` for untyped ones. Set explicitly on a node
   /// whose input or output is untyped (std::any), Flow::run() refuses it (C6).
   std::optional<Validate> validate;
-  std::optional<double> timeout_s;     // per attempt; the timed-out attempt is cancelled
+  /// Per attempt; the timed-out attempt is cancelled. Enforced by one watchdog timer per
+  /// node (~0.1 µs per attempt). Until Flow::stop(), that timer stays armed up to the last
+  /// attempt's deadline, so an io_context running only this flow returns from run() at
+  /// most timeout_s after the last attempt if the flow is never stopped.
+  std::optional<double> timeout_s;
   int max_retries = 0;                 // total attempts = max_retries + 1
   double backoff_base = 0.5;           // seconds
   double backoff_mult = 2.0;
