@@ -1,9 +1,16 @@
-// Free functions of queue.hpp: clock, state names, URL redaction.
+// Free functions of queue.hpp (clock, state names, URL redaction) and JobQueue's defaults.
 #include <penguiflow/queue/queue.hpp>
 
 #include <chrono>
 
 namespace penguiflow::queue {
+
+Task<Counts> JobQueue::depth() {
+  Counts c = co_await counts();
+  c.by_state.erase("succeeded");
+  for (auto& [tenant, states] : c.by_tenant) states.erase("succeeded");
+  co_return c;
+}
 
 double unix_now() {
   using namespace std::chrono;

@@ -466,8 +466,8 @@ Task<void> Shard::refresh_gauges() {
   auto& reg = *opts_.metrics;
   while (!done_) {
     try {
-      auto c = co_await queue_->counts();
-      for (auto* s : {"queued", "running", "succeeded", "dead"})
+      auto c = co_await queue_->depth();  // never the succeeded history (counts() may scan it)
+      for (auto* s : {"queued", "running", "dead"})
         reg.gauge("penguiflow_queue_depth", "Jobs in the queue by state", {{"state", s}}).set(double(c.by_state[s]));
       queue::ListFilter filter{queue::JobState::queued, std::nullopt, 200};
       auto queued = co_await queue_->list(std::move(filter));

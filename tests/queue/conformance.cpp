@@ -614,6 +614,25 @@ TEST_P(QueueConformance, Q8_CountsPerStateAndTenant) {
     REQUIRE(count_of(cnt.by_tenant["acme"], "running") == 0);
     REQUIRE(count_of(cnt.by_tenant["globex"], "running") == 1);
     REQUIRE(count_of(cnt.by_tenant["globex"], "queued") == 1);
+    // depth(): the same without the succeeded history.
+    auto d = co_await q.depth();
+    REQUIRE(count_of(d.by_state, "queued") == 2);
+    REQUIRE(count_of(d.by_state, "running") == 1);
+    REQUIRE(count_of(d.by_state, "dead") == 1);
+    REQUIRE(count_of(d.by_state, "succeeded") == 0);
+    REQUIRE(count_of(d.by_tenant["acme"], "dead") == 1);
+    REQUIRE(count_of(d.by_tenant["acme"], "queued") == 1);
+    REQUIRE(count_of(d.by_tenant["globex"], "running") == 1);
+    // Listing by a live state: in enqueue order.
+    ListFilter queued;
+    queued.state = JobState::queued;
+    auto lq = co_await q.list(queued);
+    REQUIRE(lq.size() == 2);
+    REQUIRE(lq[0].tenant == "acme" && lq[1].tenant == "globex");
+    ListFilter running;
+    running.state = JobState::running;
+    auto lr = co_await q.list(running);
+    REQUIRE(lr.size() == 1 && lr[0].id == g1.job.id);
   });
 }
 

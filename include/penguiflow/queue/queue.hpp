@@ -157,6 +157,11 @@ class JobQueue {
 
   // Q8 inspection. `tenant` scopes every call (W11): a job of another tenant is invisible.
   virtual Task<Counts> counts() = 0;
+  /// Queued, running and dead jobs per state and tenant (no `succeeded`): what a queue
+  /// depth gauge polls every few seconds. A backend answers it without reading the
+  /// finished history that counts() may scan (millions of retained jobs). Default:
+  /// counts() with `succeeded` left out.
+  virtual Task<Counts> depth();
   virtual Task<std::vector<Job>> list(ListFilter filter) = 0;
   virtual Task<std::optional<Job>> get(std::string id, std::optional<std::string> tenant) = 0;
   /// Dead -> queued (attempts reset to 0). Returns how many. Empty ids: all dead jobs

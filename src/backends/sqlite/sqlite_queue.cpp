@@ -312,8 +312,13 @@ class SqliteQueue final : public JobQueue {
       auto poll = wal_watch_ ? std::max(opts_.poll_interval, kWatchedPoll) : opts_.poll_interval;
       auto wake = std::min(deadline, std::chrono::steady_clock::now() + poll);
       if (r.next_due) wake = std::min(wake, detail::steady_after(*r.next_due - unix_now()));
+      auto events = wal_events_;
       co_await waiters_.wait_until(wake);
-      force = false;
+      // A -wal write seen by inotify may belong to a commit still in progress (its frames
+      // are written before the wal-index says they are committed), so PRAGMA data_version
+      // can still read the old snapshot: claim for real then (the claim's BEGIN IMMEDIATE
+      // waits for that writer to finish).
+      force = wal_events_ != events;
     }
   }
 
@@ -392,11 +397,41 @@ class SqliteQueue final : public JobQueue {
     co_return co_await on_db(std::move(fn7));
   }
 
+  Task<Counts> depth() override {
+    auto fn = [this](Db& db) {
+      Counts c;
+      for (auto s : {JobState::queued, JobState::running, JobState::dead}) c.by_state[std::string(to_string(s))] = 0;
+      // Live rows from `_claim`, dead ones from the 'dead' range of `_settled`: never the
+      // succeeded history.
+      for (const char* where : {"ready_at IS NOT NULL", "ready_at IS NULL AND state IN ('queued', 'running', 'dead')"}) {
+        auto s = db.prepare("SELECT coalesce(tenant, ''), state, count(*) FROM " + jobs_ + " WHERE " + where +
+                            " GROUP BY 1, 2");
+        while (s.step()) {
+          auto n = s.integer(2);
+          auto st = s.text(1);
+          c.by_state[st] += n;
+          c.by_tenant[s.text(0)][st] += n;
+        }
+      }
+      return c;
+    };
+    co_return co_await on_db(std::move(fn));
+  }
+
   Task<std::vector<Job>> list(ListFilter f) override {
     auto fn8 = [this, f](Db& db) {
       std::vector<Job> out;
-      auto s = db.prepare("SELECT " + std::string(kJobColumns) + " FROM " + jobs_ +
-                          " WHERE (?1 IS NULL OR state=?1) AND (?2 IS NULL OR tenant=?2) ORDER BY seq LIMIT ?3");
+      // Queued and running jobs are found through the two indexes (live rows in `_claim`;
+      // a row an outside producer left without ready_at in `_settled`), never by walking
+      // the table from its oldest, long-finished rows. Other filters walk it in seq order.
+      bool live = f.state && (*f.state == JobState::queued || *f.state == JobState::running);
+      std::string cols = std::string(kJobColumns) + ", seq";
+      std::string match = " state=?1 AND (?2 IS NULL OR tenant=?2)";
+      auto s = live ? db.prepare("SELECT " + cols + " FROM " + jobs_ + " WHERE ready_at IS NOT NULL AND" + match +
+                                 " UNION ALL SELECT " + cols + " FROM " + jobs_ + " WHERE ready_at IS NULL AND" +
+                                 match + " ORDER BY seq LIMIT ?3")
+                    : db.prepare("SELECT " + cols + " FROM " + jobs_ +
+                                 " WHERE (?1 IS NULL OR state=?1) AND (?2 IS NULL OR tenant=?2) ORDER BY seq LIMIT ?3");
       if (f.state) s.bind(1, to_string(*f.state));
       s.bind_opt(2, f.tenant).bind(3, f.limit);
       while (s.step()) out.push_back(row_to_job(s));
@@ -545,6 +580,7 @@ class SqliteQueue final : public JobQueue {
       boost::system::error_code ec;
       co_await wal_watch_->async_read_some(asio::buffer(buf), asio::redirect_error(asio::use_awaitable, ec));
       if (ec) co_return;  // closed by close() or the destructor: touch nothing of `this`
+      ++wal_events_;
       waiters_.notify_all();
     }
   }
@@ -897,6 +933,7 @@ class SqliteQueue final : public JobQueue {
   std::string jobs_, effects_, version_;
   detail::WaitSet waiters_;  // caller's executor
   std::optional<asio::posix::stream_descriptor> wal_watch_;  // caller's executor; empty: poll only
+  std::uint64_t wal_events_ = 0;                             // reads of wal_watch_ so far
   bool closed_ = false;
 
   std::mutex batch_mu_;
