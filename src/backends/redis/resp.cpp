@@ -1,5 +1,7 @@
 #include "resp.hpp"
 
+#include <hiredis/hiredis.h>
+
 #include <charconv>
 #include <cstdlib>
 #include <cstring>
@@ -72,88 +74,71 @@ std::string format_command(const std::vector<std::string>& args) {
   return out;
 }
 
-void RespReader::feed(std::string_view bytes) {
-  if (pos_ > 0 && pos_ >= buf_.size() / 2) {  // drop what was parsed (amortized O(1) a byte)
-    buf_.erase(0, pos_);
-    pos_ = 0;
-  }
-  buf_.append(bytes.data(), bytes.size());
+// The reply parser is hiredis's (DESIGN.md: a well-kept parser, RESP2, nesting ≤ 7), given
+// object functions that build the RespValue tree in place: no redisReply tree to convert
+// and free afterwards. hiredis calls createX for every element once it is complete; an
+// element whose task has a parent goes into that array's slot `idx` (its elements are
+// sized up front, so the slots never move); only the root is allocated, and freeObject
+// (on the root only) releases the whole tree.
+namespace {
+RespValue* place(const redisReadTask* task) {
+  if (task->parent) return &static_cast<RespValue*>(task->parent->obj)->elements[static_cast<std::size_t>(task->idx)];
+  return new RespValue();
 }
 
-namespace {
-std::int64_t parse_int(std::string_view line) {
-  std::int64_t v = 0;
-  auto [p, ec] = std::from_chars(line.data(), line.data() + line.size(), v);
-  if (ec != std::errc() || p != line.data() + line.size())
-    throw RespProtocolError("redis protocol error: bad number '" + std::string(line.substr(0, 32)) + "'");
+void* create_string(const redisReadTask* task, char* str, size_t len) {
+  RespValue* v = place(task);
+  v->type = task->type == REDIS_REPLY_ERROR    ? RespValue::Type::error
+            : task->type == REDIS_REPLY_STATUS ? RespValue::Type::status
+                                               : RespValue::Type::string;
+  v->str.assign(str, len);
   return v;
 }
+
+void* create_array(const redisReadTask* task, int elements) {
+  RespValue* v = place(task);
+  v->type = RespValue::Type::array;
+  v->elements.resize(static_cast<std::size_t>(elements > 0 ? elements : 0));
+  return v;
+}
+
+void* create_integer(const redisReadTask* task, long long value) {
+  RespValue* v = place(task);
+  v->type = RespValue::Type::integer;
+  v->integer = value;
+  return v;
+}
+
+void* create_nil(const redisReadTask* task) { return place(task); }
+
+void free_object(void* root) { delete static_cast<RespValue*>(root); }
+
+redisReplyObjectFunctions kObjectFunctions{create_string, create_array, create_integer, create_nil, free_object};
 }  // namespace
 
+void RespReader::Deleter::operator()(void* r) const { redisReaderFree(static_cast<redisReader*>(r)); }
+
+RespReader::RespReader() : reader_(redisReaderCreateWithFunctions(&kObjectFunctions)) {
+  if (!reader_) throw std::bad_alloc();
+  // Keep hiredis from freeing and regrowing its idle buffer on every call.
+  static_cast<redisReader*>(reader_.get())->maxbuf = 0;
+}
+
+RespReader::~RespReader() = default;
+
+void RespReader::feed(std::string_view bytes) {
+  auto* r = static_cast<redisReader*>(reader_.get());
+  if (redisReaderFeed(r, bytes.data(), bytes.size()) != REDIS_OK)
+    throw RespProtocolError(std::string("redis protocol error: ") + r->errstr);
+}
+
 std::optional<RespValue> RespReader::next() {
-  const char* data = buf_.data();
-  const std::size_t size = buf_.size();
-  while (pos_ < size) {
-    // One element: its type byte and line, plus a bulk string's body.
-    const char* cr = static_cast<const char*>(std::memchr(data + pos_ + 1, '\r', size - pos_ - 1));
-    if (cr == nullptr || cr + 1 >= data + size) return std::nullopt;
-    if (cr[1] != '\n') throw RespProtocolError("redis protocol error: bare CR in a reply line");
-    const char type = data[pos_];
-    std::string_view line(data + pos_ + 1, static_cast<std::size_t>(cr - data - pos_ - 1));
-    std::size_t after = static_cast<std::size_t>(cr - data) + 2;
-    RespValue v;
-    std::int64_t n = 0;
-    switch (type) {
-      case '+': v.type = RespValue::Type::status; v.str.assign(line); break;
-      case '-': v.type = RespValue::Type::error; v.str.assign(line); break;
-      case ':': v.type = RespValue::Type::integer; v.integer = parse_int(line); break;
-      case '$': {
-        std::int64_t len = parse_int(line);
-        if (len < 0) break;  // nil
-        const auto ulen = static_cast<std::size_t>(len);
-        if (size - after < ulen + 2) return std::nullopt;
-        if (data[after + ulen] != '\r' || data[after + ulen + 1] != '\n')
-          throw RespProtocolError("redis protocol error: bulk string not followed by CRLF");
-        v.type = RespValue::Type::string;
-        v.str.assign(data + after, ulen);
-        after += ulen + 2;
-        break;
-      }
-      case '*':
-        n = parse_int(line);
-        if (n < 0) {
-          n = 0;
-          break;  // nil
-        }
-        v.type = RespValue::Type::array;
-        v.elements.reserve(static_cast<std::size_t>(n));
-        break;
-      default:
-        throw RespProtocolError(std::string("redis protocol error: unexpected reply type byte '") + type + "'");
-    }
-    pos_ = after;
-    RespValue* placed;
-    if (stack_.empty()) {
-      root_ = std::move(v);
-      placed = &root_;
-    } else {
-      auto& top = stack_.back();
-      top.array->elements.push_back(std::move(v));  // within the reserved capacity
-      placed = &top.array->elements.back();
-      --top.left;
-    }
-    if (n > 0) {
-      stack_.push_back(Frame{placed, static_cast<std::size_t>(n)});
-      continue;
-    }
-    while (!stack_.empty() && stack_.back().left == 0) stack_.pop_back();
-    if (stack_.empty()) {
-      RespValue out = std::move(root_);
-      root_ = RespValue();
-      return out;
-    }
-  }
-  return std::nullopt;
+  auto* r = static_cast<redisReader*>(reader_.get());
+  void* reply = nullptr;
+  if (redisReaderGetReply(r, &reply) != REDIS_OK) throw RespProtocolError(std::string("redis protocol error: ") + r->errstr);
+  if (!reply) return std::nullopt;
+  std::unique_ptr<RespValue> root(static_cast<RespValue*>(reply));
+  return std::move(*root);
 }
 
 }  // namespace penguiflow::queue::redis
