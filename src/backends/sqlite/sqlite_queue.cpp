@@ -377,45 +377,39 @@ class SqliteQueue final : public JobQueue {
   }
 
   Task<Counts> counts() override {
+    // Live and settled rows separately, each a scan of its covering partial index.
     auto fn7 = [this](Db& db) {
-      Counts c;
-      for (auto s : {JobState::queued, JobState::running, JobState::succeeded, JobState::dead})
-        c.by_state[std::string(to_string(s))] = 0;
-      // Live and settled rows separately, each a scan of its covering partial index.
-      for (const char* part : {"NOT NULL", "NULL"}) {
-        auto s = db.prepare("SELECT coalesce(tenant, ''), state, count(*) FROM " + jobs_ + " WHERE ready_at IS " +
-                            part + " GROUP BY 1, 2");
-        while (s.step()) {
-          auto n = s.integer(2);
-          auto st = s.text(1);
-          c.by_state[st] += n;
-          c.by_tenant[s.text(0)][st] += n;
-        }
-      }
-      return c;
+      return count_rows(db, {JobState::queued, JobState::running, JobState::succeeded, JobState::dead},
+                        {"ready_at IS NOT NULL", "ready_at IS NULL"});
     };
     co_return co_await on_db(std::move(fn7));
   }
 
   Task<Counts> depth() override {
+    // Live rows from `_claim`, the others from their ranges of `_settled`: never the
+    // succeeded history.
     auto fn = [this](Db& db) {
-      Counts c;
-      for (auto s : {JobState::queued, JobState::running, JobState::dead}) c.by_state[std::string(to_string(s))] = 0;
-      // Live rows from `_claim`, dead ones from the 'dead' range of `_settled`: never the
-      // succeeded history.
-      for (const char* where : {"ready_at IS NOT NULL", "ready_at IS NULL AND state IN ('queued', 'running', 'dead')"}) {
-        auto s = db.prepare("SELECT coalesce(tenant, ''), state, count(*) FROM " + jobs_ + " WHERE " + where +
-                            " GROUP BY 1, 2");
-        while (s.step()) {
-          auto n = s.integer(2);
-          auto st = s.text(1);
-          c.by_state[st] += n;
-          c.by_tenant[s.text(0)][st] += n;
-        }
-      }
-      return c;
+      return count_rows(db, {JobState::queued, JobState::running, JobState::dead},
+                        {"ready_at IS NOT NULL", "ready_at IS NULL AND state IN ('queued', 'running', 'dead')"});
     };
     co_return co_await on_db(std::move(fn));
+  }
+
+  // Counts per (tenant, state) of the rows matching each WHERE clause; `states` start at 0.
+  Counts count_rows(Db& db, std::initializer_list<JobState> states, std::initializer_list<const char*> wheres) {
+    Counts c;
+    for (auto st : states) c.by_state[std::string(to_string(st))] = 0;
+    for (const char* where : wheres) {
+      auto s = db.prepare("SELECT coalesce(tenant, ''), state, count(*) FROM " + jobs_ + " WHERE " + where +
+                          " GROUP BY 1, 2");
+      while (s.step()) {
+        auto n = s.integer(2);
+        auto st = s.text(1);
+        c.by_state[st] += n;
+        c.by_tenant[s.text(0)][st] += n;
+      }
+    }
+    return c;
   }
 
   Task<std::vector<Job>> list(ListFilter f) override {
