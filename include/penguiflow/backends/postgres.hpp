@@ -1,8 +1,10 @@
 // postgresql:// — a JobQueue on PostgreSQL (libpq, non-blocking, on the Asio event loop).
 //
-// Each queue instance keeps two connections: one for statements (used by one operation at
-// a time, in call order) and one that LISTENs for enqueue notifications, so an idle fetch
-// sleeps without querying. `QueueConfig::namespace_` is the PostgreSQL schema holding the
+// Each queue instance keeps up to three connections: one for claims, enqueues, inspection
+// and effects, one for settles (complete / retry / fail / heartbeat, opened on the first
+// settle, so a batch of completions commits while the next claim runs), each used by one
+// statement at a time in call order, and one that LISTENs for enqueue notifications, so an
+// idle fetch sleeps without querying. `QueueConfig::namespace_` is the PostgreSQL schema holding the
 // tables; it is created and migrated on open (docs/backends.md, docs/wire-format.md).
 //
 //   auto q = co_await open_postgres_queue(ex, "postgresql://app@db/jobs", {.namespace_ = "penguiflow"});
