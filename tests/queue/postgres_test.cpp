@@ -318,6 +318,66 @@ std::string terminate_backends(const QueueConfig& cfg) {
   return rows.at(0).at(0);
 }
 
+// Settles run on their own connection, opened by the first settle; it reconnects like the
+// statement connection, and completions sent in one event-loop turn are all settled.
+TEST(PostgresQueue, SettleConnectionOpensOnFirstSettleAndReconnects) {
+  SKIP_WITHOUT_PG();
+  auto cfg = fresh_config();
+  with_queue(cfg, [&](JobQueue& q) -> Task<void> {
+    std::vector<NewJob> jobs;
+    for (int i = 0; i < 12; ++i) jobs.push_back(job_for());
+    co_await q.enqueue_bulk(std::move(jobs));
+    auto got = co_await q.fetch(req(5s, 12));
+    EXPECT_EQ(got.size(), 12u);
+    if (got.size() != 12u) co_return;
+    auto backends = [&]() {
+      return sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", {"penguiflow " + cfg.namespace_})
+          .at(0)
+          .at(0);
+    };
+    auto only_listen_left = [&]() -> Task<bool> { co_return backends() == "1"; };
+    EXPECT_EQ(terminate_backends(cfg), "2");  // statement + LISTEN: no settle yet
+    // Wait until both are gone and the LISTEN connection is back (it reconnects by itself).
+    EXPECT_TRUE(co_await penguiflow::testing::eventually(only_listen_left, 10s, 20ms));
+    // Ten completions started in one turn (one batch) on the fresh settle connection.
+    auto ex = co_await asio::this_coro::executor;
+    int settled = 0, ok = 0;
+    for (int i = 0; i < 10; ++i) {
+      Lease lease = got[static_cast<std::size_t>(i)].lease;
+      auto one = [](JobQueue& q, Lease lease, int& settled, int& ok) -> Task<void> {
+        json::value none;
+        auto s = co_await q.complete(lease, std::move(none), 0.01);
+        if (s == Settle::ok) ++ok;
+        ++settled;
+      };
+      asio::co_spawn(ex, one(q, std::move(lease), settled, ok), asio::detached);
+    }
+    EXPECT_TRUE(co_await penguiflow::testing::eventually([&]() -> Task<bool> { co_return settled == 10; }, 9s));
+    EXPECT_EQ(ok, 10);
+    EXPECT_EQ(backends(), "2");                // LISTEN + the settle connection
+    EXPECT_EQ(terminate_backends(cfg), "2");  // (the statement connection died above)
+    EXPECT_TRUE(co_await penguiflow::testing::eventually(only_listen_left, 10s, 20ms));
+    int errors = 0;
+    std::optional<Settle> s;
+    for (int i = 0; i < 5 && !s; ++i) {
+      try {
+        s = co_await q.heartbeat(got[10].lease, 30000ms);
+      } catch (const QueueError&) {
+        ++errors;
+      }
+    }
+    EXPECT_TRUE(s && *s == Settle::ok);
+    EXPECT_LE(errors, 1);
+    json::value none;
+    EXPECT_EQ(co_await q.complete(got[10].lease, std::move(none), 0.01), Settle::ok);
+    json::value details = json::object();
+    EXPECT_EQ(co_await q.fail(got[11].lease, "bad", std::move(details)), Settle::ok);
+    auto c = co_await q.counts();
+    EXPECT_EQ(c.by_state["succeeded"], 11);
+    EXPECT_EQ(c.by_state["dead"], 1);
+  });
+}
+
 TEST(PostgresQueue, ReconnectsAfterTheBackendIsTerminated) {
   SKIP_WITHOUT_PG();
   auto cfg = fresh_config();

@@ -163,7 +163,9 @@ Task<void> PgConnection::connect(const std::string& url, const std::string& app_
 
 bool PgConnection::still_alive() {
   if (!conn_) return false;
-  if (PQconsumeInput(conn_) == 0 || PQstatus(conn_) == CONNECTION_BAD) {
+  // Twice: a terminated backend sends an error and then closes; one read may return the
+  // error without seeing the end of the stream, and the next statement would then fail.
+  if (PQconsumeInput(conn_) == 0 || PQconsumeInput(conn_) == 0 || PQstatus(conn_) == CONNECTION_BAD) {
     close();
     return false;
   }
