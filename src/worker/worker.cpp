@@ -321,10 +321,10 @@ Task<void> Shard::main() {
     }
     // Refill in batches: while fewer than kCoalesceSlots slots (or half of them) are free
     // and some jobs are being settled (they free their slots within a settle round trip),
-    // wait for them, so that
-    // one fetch round trip brings a batch instead of one job per finished job (a backend
-    // that serializes statements on one connection would queue that fetch behind the
-    // settles anyway). Bounded, so a slow settle cannot starve free slots.
+    // wait for them, so that one fetch round trip brings a batch instead of one job per
+    // finished job (a backend that serializes statements on one connection would queue
+    // that fetch behind the settles anyway). Bounded, so a slow settle cannot starve free
+    // slots.
     if (settling_ > 0 && free < std::max(1, std::min(opts_.concurrency / 2, kCoalesceSlots))) {
       const double now = mono_s();
       if (coalesce_until == 0) coalesce_until = now + kMaxCoalesceS;
