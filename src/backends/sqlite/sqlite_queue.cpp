@@ -299,6 +299,7 @@ class SqliteQueue final : public JobQueue {
   Task<std::vector<LeasedJob>> fetch(FetchRequest req) override {
     auto deadline = std::chrono::steady_clock::now() + req.wait;
     bool force = true;
+    bool recheck = false;  // woken by the -wal watch: look again shortly if nothing showed
     for (;;) {
       auto fn2 = [this, req, force](Db& db) { return claim(db, req, force); };
       auto r = co_await on_db(std::move(fn2));
@@ -310,15 +311,18 @@ class SqliteQueue final : public JobQueue {
       if (req.max_jobs <= 0) co_return std::vector<LeasedJob>{};
       if (std::chrono::steady_clock::now() >= deadline) co_return std::vector<LeasedJob>{};
       auto poll = wal_watch_ ? std::max(opts_.poll_interval, kWatchedPoll) : opts_.poll_interval;
+      // A -wal write seen by inotify may belong to a commit still in progress (its frames
+      // are written before the wal-index publishes them), so PRAGMA data_version can still
+      // read the old snapshot: after such a wake-up, look again shortly. (Claiming at once
+      // instead would queue behind that writer's lock in SQLite's busy handler, which
+      // sleeps in steps of 1 ms and more.)
+      if (recheck) poll = std::min(poll, kRecheck);
       auto wake = std::min(deadline, std::chrono::steady_clock::now() + poll);
       if (r.next_due) wake = std::min(wake, detail::steady_after(*r.next_due - unix_now()));
       auto events = wal_events_;
       co_await waiters_.wait_until(wake);
-      // A -wal write seen by inotify may belong to a commit still in progress (its frames
-      // are written before the wal-index says they are committed), so PRAGMA data_version
-      // can still read the old snapshot: claim for real then (the claim's BEGIN IMMEDIATE
-      // waits for that writer to finish).
-      force = wal_events_ != events;
+      recheck = wal_events_ != events;
+      force = false;
     }
   }
 
@@ -550,6 +554,8 @@ class SqliteQueue final : public JobQueue {
  private:
   /// With the -wal file watched, the poll is only a safety net.
   static constexpr std::chrono::milliseconds kWatchedPoll{1000};
+  /// After a wake-up by the watch that found nothing new: the next look.
+  static constexpr std::chrono::milliseconds kRecheck{2};
 
   // Fetchers waiting on an empty queue wake when another connection (another process,
   // another queue object) commits: every commit writes the -wal file, and inotify reports
