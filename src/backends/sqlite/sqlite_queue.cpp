@@ -320,9 +320,12 @@ class SqliteQueue final : public JobQueue {
       auto wake = std::min(deadline, std::chrono::steady_clock::now() + poll);
       if (r.next_due) wake = std::min(wake, detail::steady_after(*r.next_due - unix_now()));
       auto events = wal_events_;
+      bool rechecking = recheck;
       co_await waiters_.wait_until(wake);
       recheck = wal_events_ != events;
-      force = false;
+      // The re-look found nothing either, and no write since: claim for real (a writer
+      // still publishing holds the lock, and BEGIN IMMEDIATE waits for it).
+      force = rechecking && !recheck;
     }
   }
 
