@@ -401,8 +401,10 @@ class RedisQueue final : public JobQueue {
     co_return r;
   }
 
-  /// EVALSHA; on NOSCRIPT (server restarted or SCRIPT FLUSH) loads the script again and
-  /// retries once.
+  /// EVALSHA; on NOSCRIPT (server restarted, failed over, or SCRIPT FLUSH) runs the same
+  /// call as EVAL with the script's text, which also puts it back in the server's cache
+  /// under the same SHA. (SCRIPT LOAD + EVALSHA again could meet NOSCRIPT a second time if
+  /// the cache is flushed in between.)
   Task<RespValue> eval(Script s, std::vector<std::string> argv) {
     const auto idx = static_cast<std::size_t>(s);
     std::vector<std::string> args;
@@ -415,11 +417,8 @@ class RedisQueue final : public JobQueue {
     for (auto& a : argv) args.push_back(std::move(a));
     auto r = co_await conn_.exec(args);
     if (r.is_error() && r.str.rfind("NOSCRIPT", 0) == 0) {
-      std::vector<std::string> args13{"SCRIPT", "LOAD", redis::script_text(s)};
-      auto loaded = co_await exec(std::move(args13));
-      shas_[idx] = loaded.str;
-      ++script_reloads_;
-      args[1] = shas_[idx];
+      args[0] = "EVAL";
+      args[1] = redis::script_text(s);
       r = co_await conn_.exec(std::move(args));
     }
     if (r.is_error()) throw error("script " + std::string(redis::script_name(s)) + ": " + r.str);
@@ -578,7 +577,6 @@ class RedisQueue final : public JobQueue {
   std::vector<std::unique_ptr<Connection>> idle_waiters_;
   std::set<Connection*> busy_waiters_;  // owned by the fetch waiting on them
   bool closed_ = false;
-  std::uint64_t script_reloads_ = 0;
   bool settle_in_flight_ = false;  // a settle_combined() call is sending
   std::deque<std::shared_ptr<PendingSettle>> pending_settles_;
 };
