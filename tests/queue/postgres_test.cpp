@@ -200,8 +200,32 @@ TEST(PostgresQueue, MigrationsAreIdempotentAndSafeConcurrently) {
         co_await c->close();
       }(cfg));
   auto rows = sql("SELECT version FROM \"" + cfg.namespace_ + "\".schema_version ORDER BY version");
-  ASSERT_EQ(rows.size(), 1u);
-  EXPECT_EQ(rows[0][0], std::to_string(kPostgresSchemaVersion));
+  ASSERT_EQ(rows.size(), static_cast<std::size_t>(kPostgresSchemaVersion));  // one row per migration, once
+  EXPECT_EQ(rows.back()[0], std::to_string(kPostgresSchemaVersion));
+}
+
+// A schema at version 1 (no jobs_dead index) is migrated on open and keeps its jobs.
+TEST(PostgresQueue, Version1SchemaIsMigratedOnOpen) {
+  SKIP_WITHOUT_PG();
+  auto cfg = fresh_config();
+  with_queue(cfg, [](JobQueue& q) -> Task<void> {
+    NewJob nj;
+    nj.flow = "f";
+    nj.tenant = "t";
+    co_await q.enqueue(nj);
+  });
+  const std::string qs = "\"" + cfg.namespace_ + "\"";
+  sql("DROP INDEX " + qs + ".jobs_dead");
+  sql("DELETE FROM " + qs + ".schema_version WHERE version = 2");
+  with_queue(cfg, [](JobQueue& q) -> Task<void> {
+    auto d = co_await q.depth();
+    EXPECT_EQ(d.by_state["queued"], 1);
+  });
+  auto versions = sql("SELECT version FROM " + qs + ".schema_version ORDER BY version");
+  ASSERT_EQ(versions.size(), 2u);
+  EXPECT_EQ(versions[1][0], "2");
+  auto idx = sql("SELECT indexname FROM pg_indexes WHERE schemaname = '" + cfg.namespace_ + "' AND indexname = 'jobs_dead'");
+  EXPECT_EQ(idx.size(), 1u);
 }
 
 TEST(PostgresQueue, NewerSchemaVersionIsRefused) {

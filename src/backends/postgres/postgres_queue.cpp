@@ -277,13 +277,30 @@ class PostgresQueue final : public JobQueue {
     Counts c;
     for (auto s : {JobState::queued, JobState::running, JobState::succeeded, JobState::dead})
       c.by_state[std::string(to_string(s))] = 0;
+    add_counts(c, r);
+    co_return c;
+  }
+
+  // Each arm of st_depth_ is answered by its partial index (jobs_ready, jobs_leased,
+  // jobs_dead): the succeeded history is never read.
+  Task<Counts> depth() override {
+    Params none;
+    auto r = co_await query(st_depth_, none);
+    Counts c;
+    for (auto s : {JobState::queued, JobState::running, JobState::dead}) c.by_state[std::string(to_string(s))] = 0;
+    add_counts(c, r);
+    co_return c;
+  }
+
+  // Rows of (tenant, state, count).
+  template <class R>
+  static void add_counts(Counts& c, R& r) {
     for (int i = 0; i < r.rows(); ++i) {
       std::string tenant(r.text(i, 0)), state(r.text(i, 1));
       auto n = r.integer(i, 2);
       c.by_state[state] += n;
       c.by_tenant[tenant][state] += n;
     }
-    co_return c;
   }
 
   Task<std::vector<Job>> list(ListFilter filter) override {
@@ -467,6 +484,13 @@ class PostgresQueue final : public JobQueue {
     st_heartbeat_ = st("heartbeat", "UPDATE " + s + ".jobs SET lease_expires_at = " + s + ".now_s() + $3, "
         "updated_at = " + s + ".now_s()" + fence + " RETURNING lease_expires_at");
     st_counts_ = st("counts", "SELECT coalesce(tenant, ''), state, count(*) FROM " + s + ".jobs GROUP BY 1, 2");
+    {
+      std::string arms;
+      for (const char* state : {"queued", "running", "dead"})
+        arms += std::string(arms.empty() ? "" : " UNION ALL ") + "SELECT coalesce(tenant, ''), state, count(*) FROM " +
+                s + ".jobs WHERE state = '" + state + "' GROUP BY 1, 2";
+      st_depth_ = st("depth", arms);
+    }
     st_list_ = st("list", std::string("SELECT ") + kCols + " FROM " + s + ".jobs j WHERE ($1::text IS NULL OR "
         "j.state = $1) AND ($2::text IS NULL OR j.tenant = $2) ORDER BY j.seq LIMIT $3");
     st_get_ = st("get", std::string("SELECT ") + kCols + " FROM " + s + ".jobs j WHERE j.id = $1 AND "
@@ -750,7 +774,7 @@ class PostgresQueue final : public JobQueue {
   detail::WaitSet complete_waiters_;
 
   Statement st_enqueue_, st_ids_by_key_, st_claim_, st_next_due_, st_bury_, st_adopt_raw_, st_complete_, st_retry_,
-      st_fail_, st_heartbeat_, st_counts_, st_list_, st_get_, st_requeue_, st_cancel_, st_purge_, st_record_effect_,
+      st_fail_, st_heartbeat_, st_counts_, st_depth_, st_list_, st_get_, st_requeue_, st_cancel_, st_purge_, st_record_effect_,
       st_lookup_effect_;
 };
 

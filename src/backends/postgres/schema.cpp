@@ -136,9 +136,19 @@ END $f$;
 INSERT INTO @S.schema_version (version) VALUES (1);
 )SQL";
 
+// Version 2: dead jobs get their own partial index, so that depth() (the worker's queue
+// gauges, every 2 s) counts queued, running and dead jobs from partial indexes and never
+// reads the succeeded history. Only a job going dead writes to it.
+constexpr const char* kV2 = R"SQL(
+CREATE INDEX jobs_dead ON @S.jobs (tenant) WHERE state = 'dead';
+INSERT INTO @S.schema_version (version) VALUES (2);
+)SQL";
+
 }  // namespace
 
-std::vector<std::string> migrations(const std::string& qs) { return {replace_all(kV1, "@S", qs)}; }
+std::vector<std::string> migrations(const std::string& qs) {
+  return {replace_all(kV1, "@S", qs), replace_all(kV2, "@S", qs)};
+}
 
 }  // namespace pg
 
