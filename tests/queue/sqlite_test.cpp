@@ -257,6 +257,56 @@ TEST(SqliteQueue, Q1_FetcherWakesOnAnotherConnectionsCommit) {
   }("sqlite://" + path + "?poll_ms=60000"), std::chrono::seconds(40));
 }
 
+// The -wal watch is off while fetches keep finding work (it costs every write an inotify
+// event); a fetcher that then has to wait must put it back and still wake on another
+// connection's commit, not at the poll.
+TEST(SqliteQueue, Q1_FetcherWakesOnAnotherConnectionsCommitAfterABusyStreak) {
+  auto path = (TempDir::path() / "wake_busy.db").string();
+  penguiflow::testing::run_async([](std::string u) -> Task<void> {
+    auto ex = co_await boost::asio::this_coro::executor;
+    auto consumer = co_await open_sqlite_queue(ex, u);
+    auto producer = co_await open_sqlite_queue(ex, u);
+    std::vector<NewJob> batch(40);
+    for (auto& nj : batch) {
+      nj.flow = "f";
+      nj.tenant = "t";
+    }
+    co_await producer->enqueue_bulk(std::move(batch));
+    for (int i = 0; i < 40; ++i) {  // 40 claims in a row that get a row
+      FetchRequest one;
+      one.max_jobs = 1;
+      one.wait = std::chrono::milliseconds(0);
+      auto got = co_await consumer->fetch(one);
+      EXPECT_EQ(got.size(), 1u);
+      for (auto& lj : got) {
+        boost::json::value result;
+        auto settled = co_await consumer->complete(lj.lease, std::move(result), 0.0);
+        EXPECT_EQ(settled, Settle::ok);
+      }
+    }
+    auto fetched = std::make_shared<int>(-1);  // -1: still waiting; else jobs fetched
+    auto fetch_one = [](JobQueue& q, std::shared_ptr<int> fetched) -> Task<void> {
+      FetchRequest req;
+      req.wait = std::chrono::milliseconds(20000);
+      auto got = co_await q.fetch(req);
+      *fetched = static_cast<int>(got.size());
+    };
+    boost::asio::co_spawn(ex, fetch_one(*consumer, fetched), boost::asio::detached);
+    boost::asio::steady_timer t(ex, std::chrono::milliseconds(100));
+    co_await t.async_wait(boost::asio::use_awaitable);
+    EXPECT_EQ(*fetched, -1);
+    NewJob nj;
+    nj.flow = "f";
+    nj.tenant = "t";
+    co_await producer->enqueue(nj);
+    auto check = [fetched]() -> Task<bool> { co_return *fetched != -1; };
+    EXPECT_TRUE(co_await penguiflow::testing::eventually(check, std::chrono::seconds(10)));
+    EXPECT_EQ(*fetched, 1);
+    co_await producer->close();
+    co_await consumer->close();
+  }("sqlite://" + path + "?poll_ms=60000"), std::chrono::seconds(40));
+}
+
 TEST(SqliteQueue, NotADatabaseIsAClearError) {
   auto path = (TempDir::path() / "garbage.db").string();
   {
