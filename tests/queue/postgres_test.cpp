@@ -204,6 +204,20 @@ TEST(PostgresQueue, MigrationsAreIdempotentAndSafeConcurrently) {
   EXPECT_EQ(rows.back()[0], std::to_string(kPostgresSchemaVersion));
 }
 
+// Turns a current schema back into what version 2 created: the idempotency key's unique
+// constraint over every row, and enqueue() inferring it by ON CONFLICT (idempotency_key).
+void downgrade_to_v2(const std::string& qs) {
+  auto def = sql("SELECT pg_get_functiondef('" + qs + ".enqueue'::regproc)").at(0).at(0);
+  const std::string v3 = "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING";
+  auto at = def.find(v3);
+  if (at == std::string::npos) throw std::runtime_error("enqueue() is not the v3 one: " + def);
+  def.replace(at, v3.size(), "ON CONFLICT (idempotency_key) DO NOTHING");
+  sql("ALTER TABLE " + qs + ".jobs ADD CONSTRAINT jobs_idempotency_key_key UNIQUE (idempotency_key)");
+  sql("DROP INDEX " + qs + ".jobs_idempotency_key");
+  sql(def);
+  sql("DELETE FROM " + qs + ".schema_version WHERE version > 2");
+}
+
 // A schema at version 1 (no jobs_dead index) is migrated on open and keeps its jobs.
 TEST(PostgresQueue, Version1SchemaIsMigratedOnOpen) {
   SKIP_WITHOUT_PG();
@@ -215,6 +229,7 @@ TEST(PostgresQueue, Version1SchemaIsMigratedOnOpen) {
     co_await q.enqueue(nj);
   });
   const std::string qs = "\"" + cfg.namespace_ + "\"";
+  downgrade_to_v2(qs);
   sql("DROP INDEX " + qs + ".jobs_dead");
   sql("DELETE FROM " + qs + ".schema_version WHERE version = 2");
   with_queue(cfg, [](JobQueue& q) -> Task<void> {
@@ -222,10 +237,55 @@ TEST(PostgresQueue, Version1SchemaIsMigratedOnOpen) {
     EXPECT_EQ(d.by_state["queued"], 1);
   });
   auto versions = sql("SELECT version FROM " + qs + ".schema_version ORDER BY version");
-  ASSERT_EQ(versions.size(), 2u);
+  ASSERT_EQ(versions.size(), 3u);
   EXPECT_EQ(versions[1][0], "2");
+  EXPECT_EQ(versions[2][0], "3");
   auto idx = sql("SELECT indexname FROM pg_indexes WHERE schemaname = '" + cfg.namespace_ + "' AND indexname = 'jobs_dead'");
   EXPECT_EQ(idx.size(), 1u);
+}
+
+// A version 2 schema (a unique constraint over every row's idempotency key) is migrated on
+// open to the partial unique index; keys already present still deduplicate, through the
+// library and through the SQL function outside producers call.
+TEST(PostgresQueue, Version2SchemaIsMigratedOnOpen) {
+  SKIP_WITHOUT_PG();
+  auto cfg = fresh_config();
+  std::string first_id;
+  with_queue(cfg, [&](JobQueue& q) -> Task<void> {
+    NewJob nj = job_for();
+    nj.idempotency_key = "order-1";
+    first_id = (co_await q.enqueue(nj)).id;
+    co_await q.enqueue(job_for());  // no key
+  });
+  const std::string qs = "\"" + cfg.namespace_ + "\"";
+  downgrade_to_v2(qs);
+  auto old_fn = sql("SELECT " + qs + ".enqueue('quickstart', 'acme', '{}', idempotency_key => 'order-1')");
+  EXPECT_EQ(old_fn.at(0).at(0), first_id);  // the v2 schema works as v2
+  with_queue(cfg, [&](JobQueue& q) -> Task<void> {
+    NewJob again = job_for();
+    again.idempotency_key = "order-1";
+    auto r = co_await q.enqueue(again);
+    EXPECT_FALSE(r.created);
+    EXPECT_EQ(r.id, first_id);
+    auto d = co_await q.depth();
+    EXPECT_EQ(d.by_state["queued"], 2);
+  });
+  auto versions = sql("SELECT version FROM " + qs + ".schema_version ORDER BY version");
+  ASSERT_EQ(versions.size(), 3u);
+  EXPECT_EQ(versions.back()[0], "3");
+  auto idx = sql("SELECT indexdef FROM pg_indexes WHERE schemaname = '" + cfg.namespace_ +
+                 "' AND indexdef LIKE '%(idempotency_key)%'");
+  ASSERT_EQ(idx.size(), 1u);  // the full constraint's index is gone
+  EXPECT_NE(idx[0][0].find("WHERE (idempotency_key IS NOT NULL)"), std::string::npos) << idx[0][0];
+  auto fn = sql("SELECT " + qs + ".enqueue('quickstart', 'acme', '{}', idempotency_key => 'order-1')");
+  EXPECT_EQ(fn.at(0).at(0), first_id);
+  auto fresh = sql("SELECT " + qs + ".enqueue('quickstart', 'acme', '{}', idempotency_key => 'order-2')");
+  EXPECT_NE(fresh.at(0).at(0), first_id);
+  // What docs/wire-format.md tells an outside producer to write.
+  auto outside = psql("INSERT INTO " + qs + ".jobs (flow, tenant, payload, idempotency_key) "
+                      "VALUES ('quickstart', 'acme', '{}', 'order-1') "
+                      "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id;\n");
+  EXPECT_EQ(outside, "");
 }
 
 TEST(PostgresQueue, NewerSchemaVersionIsRefused) {

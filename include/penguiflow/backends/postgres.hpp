@@ -21,7 +21,7 @@ namespace penguiflow::queue {
 
 /// The schema version this build creates and understands. open refuses a database whose
 /// schema_version is newer.
-inline constexpr int kPostgresSchemaVersion = 2;
+inline constexpr int kPostgresSchemaVersion = 3;
 
 /// Connects, applies the schema migrations (under an advisory lock, so workers starting
 /// together are safe), starts listening for notifications and returns the queue, bound to

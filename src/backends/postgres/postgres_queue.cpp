@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <set>
+#include <unordered_map>
 
 namespace penguiflow::queue {
 namespace {
@@ -53,7 +54,8 @@ constexpr const char* kCols =
 enum Col {
   c_id, c_flow, c_tenant, c_payload, c_raw, c_attempts, c_max_attempts, c_priority, c_run_at, c_deadline_s,
   c_idem, c_state, c_reason, c_details, c_result, c_latency, c_created, c_updated, c_owner, c_token, c_lease_exp,
-  c_seq
+  c_seq,
+  c_tid  // only in the claim's RETURNING
 };
 
 json::value parse_or_string(std::string_view text) {
@@ -250,12 +252,14 @@ class PostgresQueue final : public JobQueue {
   }
 
   Task<Settle> retry(const Lease& lease, double delay_s, std::string reason) override {
+    tid_of_.erase(lease.job_id);
     Params p{lease.job_id, lease.token, num(std::max(0.0, delay_s)), std::move(reason)};
     auto r = co_await settle_query(st_retry_, p);
     co_return r.affected() > 0 ? Settle::ok : Settle::stale;
   }
 
   Task<Settle> fail(const Lease& lease, std::string reason, json::value details) override {
+    tid_of_.erase(lease.job_id);
     Params p{lease.job_id, lease.token, std::move(reason), json::serialize(details)};
     auto r = co_await settle_query(st_fail_, p);
     co_return r.affected() > 0 ? Settle::ok : Settle::stale;
@@ -264,8 +268,13 @@ class PostgresQueue final : public JobQueue {
   Task<Settle> heartbeat(Lease& lease, std::chrono::milliseconds extend) override {
     Params p{lease.job_id, lease.token, num(std::max<double>(0.001, extend.count() / 1000.0))};
     auto r = co_await settle_query(st_heartbeat_, p);
-    if (r.rows() == 0) co_return Settle::stale;
+    if (r.rows() == 0) {
+      tid_of_.erase(lease.job_id);
+      co_return Settle::stale;
+    }
     lease.expires_at = r.number(0, 0);
+    if (auto it = tid_of_.find(lease.job_id); it != tid_of_.end() && it->second.first == lease.token)
+      it->second.second = std::string(r.text(0, 1));  // the renewed row is a new tuple
     co_return Settle::ok;
   }
 
@@ -384,11 +393,45 @@ class PostgresQueue final : public JobQueue {
  private:
   struct PendingComplete {
     std::string id, token, result;
+    std::string tid;  // the row's tuple id from the claim, when known
     double latency_s = 0;
     bool done = false;
     bool ok = false;
     std::exception_ptr error;
   };
+
+  // Sends `group` as one complete statement; members it settled are marked ok, the others
+  // are returned (not settled by this statement).
+  Task<std::vector<PendingComplete*>> send_completes(const Statement& st, std::vector<PendingComplete*> group,
+                                                     bool with_tid) {
+    json::array arr;
+    arr.reserve(group.size());
+    for (auto* c : group) {
+      json::object o;
+      o["id"] = c->id;
+      o["token"] = c->token;
+      if (with_tid) o["tid"] = c->tid;
+      o["result"] = c->result;
+      o["latency_s"] = c->latency_s;
+      arr.push_back(std::move(o));
+    }
+    Params p{json::serialize(arr)};
+    auto r = co_await settle_query(st, p);
+    std::multiset<std::string, std::less<>> settled;
+    for (int i = 0; i < r.rows(); ++i) settled.emplace(r.text(i, 0));
+    std::vector<PendingComplete*> rest;
+    for (auto* c : group) {
+      // The same lease twice in one batch: only the first settles.
+      auto it = settled.find(c->id);
+      if (it != settled.end()) {
+        c->ok = true;
+        settled.erase(it);
+      } else {
+        rest.push_back(c);
+      }
+    }
+    co_return rest;
+  }
 
   Task<void> flush_completes() {
     complete_flushing_ = true;
@@ -396,26 +439,20 @@ class PostgresQueue final : public JobQueue {
     complete_queue_.clear();
     std::exception_ptr error;
     try {
-      json::array arr;
-      arr.reserve(batch.size());
+      std::vector<PendingComplete*> by_tid, by_id;
       for (auto& c : batch) {
-        json::object o;
-        o["id"] = c->id;
-        o["token"] = c->token;
-        o["result"] = c->result;
-        o["latency_s"] = c->latency_s;
-        arr.push_back(std::move(o));
+        if (auto it = tid_of_.find(c->id); it != tid_of_.end()) {
+          if (it->second.first == c->token) c->tid = std::move(it->second.second);
+          tid_of_.erase(it);
+        }
+        (c->tid.empty() ? by_id : by_tid).push_back(c.get());
       }
-      Params p{json::serialize(arr)};
-      auto r = co_await settle_query(st_complete_, p);
-      std::set<std::string, std::less<>> settled;
-      for (int i = 0; i < r.rows(); ++i) settled.emplace(r.text(i, 0));
-      for (auto& c : batch) {
-        // The same lease twice in one batch: only the first settles.
-        auto it = settled.find(c->id);
-        c->ok = it != settled.end();
-        if (c->ok) settled.erase(it);
+      if (!by_tid.empty()) {
+        // Rows not found by tuple id (moved, or not ours any more) are retried by id.
+        auto missed = co_await send_completes(st_complete_tid_, std::move(by_tid), true);
+        by_id.insert(by_id.end(), missed.begin(), missed.end());
       }
+      if (!by_id.empty()) co_await send_completes(st_complete_, std::move(by_id), false);
     } catch (...) {
       error = std::current_exception();
     }
@@ -442,11 +479,12 @@ class PostgresQueue final : public JobQueue {
         "idempotency_key text)), "
         "ins AS (INSERT INTO " + s + ".jobs (id, flow, tenant, payload, max_attempts, priority, run_at, deadline_s, "
         "idempotency_key) SELECT id, flow, tenant, payload, max_attempts, priority, " + s + ".now_s() + delay_s, "
-        "deadline_s, idempotency_key FROM input ORDER BY ord ON CONFLICT (idempotency_key) DO NOTHING RETURNING id) "
+        "deadline_s, idempotency_key FROM input ORDER BY ord "
+        "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING id) "
         "SELECT i.ord, ins.id IS NOT NULL, coalesce(ins.id, k.id) FROM input i LEFT JOIN ins ON ins.id = i.id "
         "LEFT JOIN " + s + ".jobs k ON ins.id IS NULL AND k.idempotency_key = i.idempotency_key ORDER BY i.ord");
     st_ids_by_key_ = st("ids_by_key", "SELECT idempotency_key, id FROM " + s +
-        ".jobs WHERE idempotency_key IN (SELECT json_array_elements_text($1::json))");
+        ".jobs WHERE idempotency_key = ANY (ARRAY(SELECT json_array_elements_text($1::json)))");
     // Q1/Q4/Q6: ready jobs in order through the partial index, plus jobs whose lease
     // expired; SKIP LOCKED lets concurrent workers claim disjoint batches. The UPDATE finds
     // the rows it locked by their tuple id (a row locked by us cannot move before we
@@ -461,7 +499,8 @@ class PostgresQueue final : public JobQueue {
         "ORDER BY priority DESC, run_at, seq LIMIT $1) "
         "UPDATE " + s + ".jobs j SET state = 'running', attempts = j.attempts + 1, lease_owner = $2, "
         "lease_token = gen_random_uuid()::text, lease_expires_at = " + s + ".now_s() + $3::double precision, "
-        "updated_at = " + s + ".now_s() FROM pick WHERE j.ctid = pick.tid AND j.id = pick.id RETURNING " + kCols);
+        "updated_at = " + s + ".now_s() FROM pick WHERE j.ctid = pick.tid AND j.id = pick.id RETURNING " + kCols +
+        ", j.ctid");
     st_next_due_ = st("next_due", "SELECT least((SELECT min(run_at) FROM " + s + ".jobs WHERE state = 'queued'), "
         "(SELECT min(lease_expires_at) FROM " + s + ".jobs WHERE state = 'running')) - " + s + ".now_s()");
     st_bury_ = st("bury", "UPDATE " + s + ".jobs j SET state = 'dead', reason = x.reason, details = x.details, "
@@ -473,6 +512,14 @@ class PostgresQueue final : public JobQueue {
         "FROM json_to_recordset($1::json) AS x(id text, token text, flow text, tenant text, payload text, "
         "max_attempts integer, deadline_s double precision) WHERE j.id = x.id AND j.lease_token = x.token");
     const std::string fence = " WHERE id = $1 AND lease_token = $2 AND state = 'running'";
+    // The common case: completes find their rows by the tuple id the claim returned (one
+    // heap fetch instead of a primary-key descent); id, token and state are still checked,
+    // so a row that moved since (or a reused slot) is simply not settled here and goes
+    // through st_complete_ by id.
+    st_complete_tid_ = st("complete_tid", "UPDATE " + s + ".jobs j SET state = 'succeeded', result = x.result, "
+        "latency_s = x.latency_s, lease_token = NULL, lease_expires_at = NULL, updated_at = " + s + ".now_s() "
+        "FROM json_to_recordset($1::json) AS x(id text, token text, tid tid, result text, latency_s double precision) "
+        "WHERE j.ctid = x.tid AND j.id = x.id AND j.lease_token = x.token AND j.state = 'running' RETURNING j.id");
     st_complete_ = st("complete", "UPDATE " + s + ".jobs j SET state = 'succeeded', result = x.result, "
         "latency_s = x.latency_s, lease_token = NULL, lease_expires_at = NULL, updated_at = " + s + ".now_s() "
         "FROM json_to_recordset($1::json) AS x(id text, token text, result text, latency_s double precision) "
@@ -482,7 +529,7 @@ class PostgresQueue final : public JobQueue {
     st_fail_ = st("fail", "UPDATE " + s + ".jobs SET state = 'dead', reason = $3, details = $4, "
         "lease_token = NULL, lease_expires_at = NULL, updated_at = " + s + ".now_s()" + fence);
     st_heartbeat_ = st("heartbeat", "UPDATE " + s + ".jobs SET lease_expires_at = " + s + ".now_s() + $3, "
-        "updated_at = " + s + ".now_s()" + fence + " RETURNING lease_expires_at");
+        "updated_at = " + s + ".now_s()" + fence + " RETURNING lease_expires_at, ctid");
     st_counts_ = st("counts", "SELECT coalesce(tenant, ''), state, count(*) FROM " + s + ".jobs GROUP BY 1, 2");
     {
       std::string arms;
@@ -523,6 +570,7 @@ class PostgresQueue final : public JobQueue {
       Job job = row_to_job(r, i);
       Lease lease{job.id, job.lease_owner, std::string(r.text(i, c_token)), job.lease_expires_at};
       std::optional<DecodeError> error;
+      bool adopted = false;
       if (r.is_null(i, c_payload) && !r.is_null(i, c_raw)) {
         // A whole document written by an outside producer into `raw`.
         auto d = decode_job_document(r.text(i, c_raw), config_, job.id);
@@ -543,6 +591,7 @@ class PostgresQueue final : public JobQueue {
           o["max_attempts"] = job.max_attempts;
           if (job.deadline_s) o["deadline_s"] = *job.deadline_s;
           adopt.push_back(std::move(o));
+          adopted = true;
         }
       } else {
         auto text = r.text(i, c_payload);
@@ -563,6 +612,10 @@ class PostgresQueue final : public JobQueue {
         o["details"] = json::serialize(error->details());
         bury.push_back(std::move(o));
         continue;
+      }
+      if (!adopted) {
+        if (tid_of_.size() >= kMaxTids) tid_of_.clear();
+        tid_of_.insert_or_assign(job.id, std::make_pair(lease.token, std::string(r.text(i, c_tid))));
       }
       good.push_back(Row{LeasedJob{std::move(job), std::move(lease)}, r.integer(i, c_seq)});
     }
@@ -773,7 +826,13 @@ class PostgresQueue final : public JobQueue {
   bool complete_flushing_ = false;
   detail::WaitSet complete_waiters_;
 
-  Statement st_enqueue_, st_ids_by_key_, st_claim_, st_next_due_, st_bury_, st_adopt_raw_, st_complete_, st_retry_,
+  // Job id -> (lease token, tuple id) of the rows this handle claimed and has not settled:
+  // completes address their rows by tuple id. Bounded (cleared when it grows past
+  // kMaxTids: leases abandoned without a settle then simply complete by id).
+  static constexpr std::size_t kMaxTids = 100000;
+  std::unordered_map<std::string, std::pair<std::string, std::string>> tid_of_;
+
+  Statement st_enqueue_, st_ids_by_key_, st_claim_, st_next_due_, st_bury_, st_adopt_raw_, st_complete_tid_, st_complete_, st_retry_,
       st_fail_, st_heartbeat_, st_counts_, st_depth_, st_list_, st_get_, st_requeue_, st_cancel_, st_purge_, st_record_effect_,
       st_lookup_effect_;
 };

@@ -144,10 +144,44 @@ CREATE INDEX jobs_dead ON @S.jobs (tenant) WHERE state = 'dead';
 INSERT INTO @S.schema_version (version) VALUES (2);
 )SQL";
 
+// Version 3: the idempotency key's unique index covers only rows that have a key. Claims
+// and settles are non-HOT updates (`state` is in the partial indexes' predicates), and each
+// inserted a NULL entry into the full unique index: one index insertion less per claimed
+// and per settled job. ON CONFLICT must now name the index's predicate to infer it
+// (docs/wire-format.md), so enqueue() is replaced. Idempotent: a schema whose version row
+// was lost is re-migrated without error.
+constexpr const char* kV3 = R"SQL(
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_idempotency_key ON @S.jobs (idempotency_key)
+  WHERE idempotency_key IS NOT NULL;
+ALTER TABLE @S.jobs DROP CONSTRAINT IF EXISTS jobs_idempotency_key_key;
+
+CREATE OR REPLACE FUNCTION @S.enqueue(flow text, tenant text, payload jsonb,
+                           priority integer DEFAULT 0, delay_s double precision DEFAULT 0,
+                           max_attempts integer DEFAULT 5, idempotency_key text DEFAULT NULL,
+                           deadline_s double precision DEFAULT NULL)
+  RETURNS text LANGUAGE plpgsql AS $f$
+#variable_conflict use_column
+DECLARE new_id text;
+BEGIN
+  INSERT INTO @S.jobs AS j (flow, tenant, payload, priority, run_at, max_attempts, idempotency_key, deadline_s)
+  VALUES (enqueue.flow, enqueue.tenant, enqueue.payload::text, enqueue.priority,
+          @S.now_s() + coalesce(enqueue.delay_s, 0), enqueue.max_attempts,
+          nullif(enqueue.idempotency_key, ''), enqueue.deadline_s)
+  ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+  RETURNING j.id INTO new_id;
+  IF new_id IS NULL THEN
+    SELECT j.id INTO new_id FROM @S.jobs j WHERE j.idempotency_key = enqueue.idempotency_key;
+  END IF;
+  RETURN new_id;
+END $f$;
+
+INSERT INTO @S.schema_version (version) VALUES (3);
+)SQL";
+
 }  // namespace
 
 std::vector<std::string> migrations(const std::string& qs) {
-  return {replace_all(kV1, "@S", qs), replace_all(kV2, "@S", qs)};
+  return {replace_all(kV1, "@S", qs), replace_all(kV2, "@S", qs), replace_all(kV3, "@S", qs)};
 }
 
 }  // namespace pg
