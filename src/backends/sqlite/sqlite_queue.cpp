@@ -1074,6 +1074,15 @@ bool valid_namespace(const std::string& ns) {
 }  // namespace
 
 Task<std::unique_ptr<JobQueue>> open_sqlite_queue(asio::any_io_executor ex, std::string url, QueueConfig config) {
+  // SQLite's memory statistics (on by default in this build) take a process-wide mutex
+  // and update counters on every allocation: ~10% of the instructions of a settle on the
+  // database thread (callgrind). SQLite's own list of recommended options turns them off
+  // (SQLITE_DEFAULT_MEMSTATUS=0). Process-wide, and only possible before SQLite is
+  // initialised: an application that wants sqlite3_memory_used() or a soft heap limit
+  // calls sqlite3_initialize() before opening its first queue (this call then does
+  // nothing). docs/backends.md#sqlite.
+  static std::once_flag memstatus_off;
+  std::call_once(memstatus_off, [] { sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0); });
   auto opts = parse_sqlite_url(url);
   if (!valid_namespace(config.namespace_))
     throw QueueError("cannot open queue " + redact_url(url) + ": namespace '" + config.namespace_ +
