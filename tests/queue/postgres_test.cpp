@@ -17,6 +17,7 @@
 
 #include <libpq-fe.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -393,6 +394,55 @@ TEST(PostgresQueue, JobInsertedWithPsqlIsFetchedAndCompleted) {
     EXPECT_EQ(psql("SELECT state FROM " + s + ".jobs WHERE id = '" + bad + "';\n"), "dead");
     auto j = co_await q.get(bad, std::nullopt);
     EXPECT_TRUE(j && j->reason.find("JSON") != std::string::npos) << (j ? j->reason : "");
+  });
+}
+
+// Completes address rows by the tuple id their claim returned; a row that moved since
+// (any update writes a new version) is still completed, by id, and a row whose lease was
+// taken over is not.
+TEST(PostgresQueue, CompleteFindsARowThatMovedSinceItsClaim) {
+  SKIP_WITHOUT_PG();
+  auto cfg = fresh_config();
+  const std::string s = "\"" + cfg.namespace_ + "\"";
+  with_queue(cfg, [&](JobQueue& q) -> Task<void> {
+    std::vector<NewJob> jobs;
+    for (int i = 0; i < 4; ++i) jobs.push_back(job_for());
+    co_await q.enqueue_bulk(jobs);
+    auto got = co_await q.fetch(req(5s, 4));
+    EXPECT_EQ(got.size(), 4u);
+    if (got.size() != 4u) co_return;
+    // Job 0 and 1 move (a new row version); job 2's lease is taken over by someone else.
+    sql("UPDATE " + s + ".jobs SET updated_at = updated_at WHERE id = $1 OR id = $2", {got[0].job.id, got[1].job.id});
+    sql("UPDATE " + s + ".jobs SET lease_token = 'someone-else' WHERE id = $1", {got[2].job.id});
+    std::vector<Settle> settles(4);
+    int done = 0;
+    auto ex = co_await asio::this_coro::executor;
+    for (int i = 0; i < 4; ++i) {
+      // One event-loop turn: the four completes go as one batch.
+      auto one = [](JobQueue& q, Lease lease, Settle& out, int& done) -> Task<void> {
+        json::value result = json::object{{"ok", true}};
+        out = co_await q.complete(lease, std::move(result), 0.01);
+        ++done;
+      };
+      asio::co_spawn(ex, one(q, got[static_cast<std::size_t>(i)].lease, settles[static_cast<std::size_t>(i)], done),
+                     asio::detached);
+    }
+    co_await penguiflow::testing::eventually([&]() -> Task<bool> { co_return done == 4; }, 10s);
+    EXPECT_EQ(settles[0], Settle::ok);
+    EXPECT_EQ(settles[1], Settle::ok);
+    EXPECT_EQ(settles[2], Settle::stale);
+    EXPECT_EQ(settles[3], Settle::ok);
+    auto states = sql("SELECT id, state, coalesce(result, '') FROM " + s + ".jobs ORDER BY seq");
+    EXPECT_EQ(states.size(), 4u);
+    for (std::size_t i = 0; i < 4; ++i) {
+      auto it = std::find_if(states.begin(), states.end(), [&](auto& r) { return r[0] == got[i].job.id; });
+      EXPECT_NE(it, states.end()) << i;
+      if (it == states.end()) continue;
+      EXPECT_EQ((*it)[1], i == 2 ? "running" : "succeeded") << i;
+      if (i != 2) EXPECT_EQ((*it)[2], "{\"ok\":true}") << i;
+    }
+    // A second complete of a settled job is stale.
+    EXPECT_EQ(co_await q.complete(got[3].lease, nullptr, 0.01), Settle::stale);
   });
 }
 

@@ -67,6 +67,8 @@ class PgResult {
 struct Statement {
   std::string name;
   std::string sql;
+  /// Run with the queue's pinned planner settings (postgres_queue.cpp, kPinPlans).
+  bool pinned = false;
 };
 
 using Params = std::vector<std::optional<std::string>>;
