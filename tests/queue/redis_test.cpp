@@ -790,6 +790,65 @@ TEST_F(RedisQueueTest, ConcurrentSettlesAreBatchedAndFencedPerJob) {
   }());
 }
 
+// Settles arriving while batches are in flight: past kPipelineAt waiting settles a second
+// batch is sent behind the first, and settles keep arriving while batches complete and
+// hand the sending on. Every settle is answered once, none is lost or sent twice.
+TEST_F(RedisQueueTest, SettlesArrivingWhileBatchesAreInFlightAreEachSentOnce) {
+  if (!have_program("redis-server")) GTEST_SKIP() << "redis-server is not installed";
+  PrivateRedis server;
+  penguiflow::testing::run_async([&]() -> Task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    auto q = co_await open_redis_queue(ex, server.url(), config_for(unique_ns()));
+    constexpr int kN = 600;
+    std::vector<NewJob> jobs;
+    for (int i = 0; i < kN; ++i) jobs.push_back(a_job("acme"));
+    co_await q->enqueue_bulk(std::move(jobs));
+    std::vector<LeasedJob> got;
+    while (got.size() < static_cast<std::size_t>(kN)) {
+      auto more = co_await q->fetch(req(kN));
+      if (more.empty()) break;
+      for (auto& lj : more) got.push_back(std::move(lj));
+    }
+    EXPECT_EQ(got.size(), static_cast<std::size_t>(kN));
+    if (got.size() != static_cast<std::size_t>(kN)) co_return;
+    std::vector<int> answers(kN, 0);
+    int ok = 0, outstanding = 0, next = 0;
+    // Each answer starts the next settle, so settles arrive while others are in flight
+    // and while a finished batch hands the sending on.
+    std::function<void()> start = [&]() {
+      if (next >= kN) return;
+      const int i = next++;
+      ++outstanding;
+      asio::co_spawn(
+          ex,
+          [&, i]() -> Task<void> {
+            Lease lease = got[i].lease;
+            auto r = co_await q->complete(lease, nullptr, 0.001);
+            ++answers[i];
+            if (r == Settle::ok) ++ok;
+            --outstanding;
+            start();
+          },
+          asio::detached);
+    };
+    for (int i = 0; i < 300; ++i) start();
+    EXPECT_TRUE(co_await penguiflow::testing::eventually([&]() -> Task<bool> { co_return next == kN && outstanding == 0; }));
+    EXPECT_EQ(ok, kN);
+    EXPECT_EQ(std::count(answers.begin(), answers.end(), 1), kN);
+    auto c = co_await q->counts();
+    EXPECT_EQ(c.by_state["succeeded"], kN);
+    EXPECT_EQ(c.by_state["running"], 0);
+    Connection admin(ex, parse_redis_url(server.url()));
+    std::vector<std::string> stats_cmd{"INFO", "commandstats"};
+    auto stats = co_await raw(admin, std::move(stats_cmd));
+    auto evals = command_calls(stats.str, "evalsha");
+    std::cout << "[ batch    ] " << kN << " settles: " << evals << " EVALSHA calls in all\n";
+    EXPECT_LT(evals, kN / 10);
+    admin.close();
+    co_await q->close();
+  }());
+}
+
 TEST_F(RedisQueueTest, IdleFetchCostsAFewCommandsPerSecond) {
   if (!have_program("redis-server")) GTEST_SKIP() << "redis-server is not installed";
   PrivateRedis server;  // nobody else talks to it, so its command counter is ours alone
