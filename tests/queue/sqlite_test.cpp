@@ -193,6 +193,59 @@ TEST(SqliteQueue, Version1FileIsMigratedOnOpen) {
   EXPECT_EQ(indexes, want);
 }
 
+// Version 2 as first written kept succeeded rows in `_settled`; opening such a file
+// replaces that index with the one that leaves them out (same version: the queries work
+// with either), and counts, depth and purge still see every row.
+TEST(SqliteQueue, Version2SettledIndexIsReplacedOnOpen) {
+  auto path = (TempDir::path() / "v2settled.db").string();
+  std::string url = "sqlite://" + path;
+  EXPECT_EQ(open_error(url), "");
+  sql_exec(path, "DROP INDEX penguiflow_jobs_settled");
+  sql_exec(path,
+           "CREATE INDEX penguiflow_jobs_settled ON penguiflow_jobs (state, tenant, updated_at) WHERE ready_at IS NULL");
+  sql_exec(path, "INSERT INTO penguiflow_jobs (id, doc) VALUES ('a', ?1)", {R"({"flow":"f","tenant":"t"})"});
+  sql_exec(path, "INSERT INTO penguiflow_jobs (id, doc) VALUES ('b', ?1)", {R"({"flow":"f","tenant":"t"})"});
+  sql_exec(path, "INSERT INTO penguiflow_jobs (id, doc) VALUES ('c', ?1)", {R"({"flow":"f","tenant":"u"})"});
+  sql_exec(path, "UPDATE penguiflow_jobs SET state = 'succeeded', ready_at = NULL, updated_at = 1 WHERE id = 'a'");
+  sql_exec(path, "UPDATE penguiflow_jobs SET state = 'dead', ready_at = NULL, updated_at = 1 WHERE id = 'b'");
+
+  penguiflow::testing::run_async([](std::string u) -> Task<void> {
+    auto ex = co_await boost::asio::this_coro::executor;
+    auto q = co_await open_sqlite_queue(ex, u);
+    auto c = co_await q->counts();
+    EXPECT_EQ(c.by_tenant["t"]["succeeded"], 1);
+    EXPECT_EQ(c.by_tenant["t"]["dead"], 1);
+    EXPECT_EQ(c.by_tenant["u"]["queued"], 1);
+    EXPECT_EQ(c.by_state["succeeded"], 1);
+    auto d = co_await q->depth();
+    EXPECT_EQ(d.by_state["dead"], 1);
+    EXPECT_EQ(d.by_state["queued"], 1);
+    EXPECT_EQ(d.by_state.count("succeeded") ? d.by_state["succeeded"] : 0, 0);
+    FetchRequest req;
+    req.wait = std::chrono::milliseconds(2000);
+    auto got = co_await q->fetch(req);
+    EXPECT_EQ(got.size(), 1u);
+    for (auto& lj : got) {
+      boost::json::value result;
+      auto settled = co_await q->complete(lj.lease, std::move(result), 0.0);
+      EXPECT_EQ(settled, Settle::ok);
+    }
+    c = co_await q->counts();
+    EXPECT_EQ(c.by_state["succeeded"], 2);
+    EXPECT_EQ(c.by_state["queued"], 0);
+    auto purged = co_await q->purge(0.0);
+    EXPECT_EQ(purged, 3);
+    c = co_await q->counts();
+    EXPECT_EQ(c.by_state["succeeded"] + c.by_state["dead"], 0);
+    co_await q->close();
+  }(url));
+  auto sql = sql_column(path, "SELECT sql FROM sqlite_master WHERE name = 'penguiflow_jobs_settled'");
+  ASSERT_EQ(sql.size(), 1u);
+  EXPECT_NE(sql.front().find("state <> 'succeeded'"), std::string::npos) << sql.front();
+  EXPECT_EQ(sql_column(path, "SELECT version FROM penguiflow_schema_version"),
+            std::vector<std::string>{std::to_string(kSqliteSchemaVersion)});
+}
+
 // The idle fetcher sleeps until the earliest due job of ANY priority: a low-priority job
 // due soon is fetched although a higher priority holds a job due much later (the earliest
 // due time is read per priority from the claim index).

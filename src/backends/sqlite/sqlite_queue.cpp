@@ -429,20 +429,22 @@ class SqliteQueue final : public JobQueue {
   }
 
   Task<Counts> counts() override {
-    // Live and settled rows separately, each a scan of its covering partial index.
+    // Live rows and the settled ones that are not succeeded, each a scan of its covering
+    // partial index; succeeded rows (in no index, see create_indexes) by a table scan.
     auto fn7 = [this](Db& db) {
       return count_rows(db, {JobState::queued, JobState::running, JobState::succeeded, JobState::dead},
-                        {"ready_at IS NOT NULL", "ready_at IS NULL"});
+                        {"ready_at IS NOT NULL", "ready_at IS NULL AND state <> 'succeeded'",
+                         "ready_at IS NULL AND state = 'succeeded'"});
     };
     co_return co_await on_db(std::move(fn7));
   }
 
   Task<Counts> depth() override {
-    // Live rows from `_claim`, the others from their ranges of `_settled`: never the
-    // succeeded history.
+    // Live rows from `_claim`, the others from `_settled`, which holds no succeeded row:
+    // never the succeeded history.
     auto fn = [this](Db& db) {
       return count_rows(db, {JobState::queued, JobState::running, JobState::dead},
-                        {"ready_at IS NOT NULL", "ready_at IS NULL AND state IN ('queued', 'running', 'dead')"});
+                        {"ready_at IS NOT NULL", "ready_at IS NULL AND state <> 'succeeded'"});
     };
     co_return co_await on_db(std::move(fn));
   }
@@ -468,13 +470,15 @@ class SqliteQueue final : public JobQueue {
     auto fn8 = [this, f](Db& db) {
       std::vector<Job> out;
       // Queued and running jobs are found through the two indexes (live rows in `_claim`;
-      // a row an outside producer left without ready_at in `_settled`), never by walking
+      // a row an outside producer left without ready_at in `_settled`: the `<>` term is
+      // that index's own, so that SQLite sees it applies), never by walking
       // the table from its oldest, long-finished rows. Other filters walk it in seq order.
       bool live = f.state && (*f.state == JobState::queued || *f.state == JobState::running);
       std::string cols = std::string(kJobColumns) + ", seq";
       std::string match = " state=?1 AND (?2 IS NULL OR tenant=?2)";
       auto s = live ? db.prepare("SELECT " + cols + " FROM " + jobs_ + " WHERE ready_at IS NOT NULL AND" + match +
-                                 " UNION ALL SELECT " + cols + " FROM " + jobs_ + " WHERE ready_at IS NULL AND" +
+                                 " UNION ALL SELECT " + cols + " FROM " + jobs_ +
+                                 " WHERE ready_at IS NULL AND state <> 'succeeded' AND" +
                                  match + " ORDER BY seq LIMIT ?3")
                     : db.prepare("SELECT " + cols + " FROM " + jobs_ +
                                  " WHERE (?1 IS NULL OR state=?1) AND (?2 IS NULL OR tenant=?2) ORDER BY seq LIMIT ?3");
@@ -859,6 +863,9 @@ class SqliteQueue final : public JobQueue {
       for (auto* name : {"_claim", "_due", "_state", "_tenant"}) db.exec("DROP INDEX IF EXISTS " + jobs_ + name);
       create_indexes(db);
       db.exec("UPDATE " + version_ + " SET version = 2");
+    } else if (settled_index_holds_succeeded(db)) {  // v2 as first written: see create_indexes
+      db.exec("DROP INDEX " + jobs_ + "_settled");
+      create_settled_index(db);
     }
     txn.commit();
   }
@@ -873,7 +880,26 @@ class SqliteQueue final : public JobQueue {
     const auto& j = jobs_;
     db.exec("CREATE INDEX " + j + "_claim ON " + j +
             " (priority DESC, ready_at, seq, state, tenant) WHERE ready_at IS NOT NULL");
-    db.exec("CREATE INDEX " + j + "_settled ON " + j + " (state, tenant, updated_at) WHERE ready_at IS NULL");
+    create_settled_index(db);
+  }
+
+  // Succeeded rows are in no index: a complete, the most common settle by far, then only
+  // removes the row's `_claim` entry instead of also inserting one into `_settled`
+  // (callgrind: 28.0k -> 22.0k instructions per complete, and fewer index pages per
+  // commit). What needed them there: counts() of succeeded jobs and purge() scan the
+  // table instead (inspection and maintenance; the worker's gauges use depth(), which
+  // never counts succeeded rows). Files written before this layout (same schema version:
+  // queries and results are the same with either index, so older builds keep working on
+  // the new layout, only slower counts of dead jobs) get the index replaced on open.
+  void create_settled_index(Db& db) {
+    db.exec("CREATE INDEX " + jobs_ + "_settled ON " + jobs_ +
+            " (state, tenant, updated_at) WHERE ready_at IS NULL AND state <> 'succeeded'");
+  }
+
+  bool settled_index_holds_succeeded(Db& db) {
+    auto s = db.prepare("SELECT sql FROM sqlite_master WHERE type = 'index' AND name = ?1");
+    s.bind(1, jobs_ + "_settled");
+    return s.step() && s.text(0).find("succeeded") == std::string::npos;
   }
 
   std::vector<EnqueueResult> insert_jobs(Db& db, const std::vector<NewJob>& jobs) {
