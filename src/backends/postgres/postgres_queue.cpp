@@ -57,6 +57,18 @@ constexpr const char* kPinPlans =
 constexpr const char* kUnpinPlans =
     "RESET enable_seqscan; RESET enable_bitmapscan; RESET enable_hashjoin; RESET enable_mergejoin; RESET enable_material";
 
+// Appends `v` to a PostgreSQL array literal being built in `out` ("{" so far, or "{a,b"),
+// double-quoted with `"` and `\` escaped, so any text (JSON included) round-trips.
+void append_array_element(std::string& out, std::string_view v) {
+  if (out.size() > 1) out += ',';
+  out += '"';
+  for (char ch : v) {
+    if (ch == '"' || ch == '\\') out += '\\';
+    out += ch;
+  }
+  out += '"';
+}
+
 std::string num(double d) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "%.17g", d);
@@ -418,21 +430,23 @@ class PostgresQueue final : public JobQueue {
   };
 
   // Sends `group` as one complete statement; members it settled are marked ok, the others
-  // are returned (not settled by this statement).
+  // are returned (not settled by this statement). The batch travels as parallel arrays:
+  // json_to_recordset built a hash table per object on the server.
   Task<std::vector<PendingComplete*>> send_completes(const Statement& st, std::vector<PendingComplete*> group,
                                                      bool with_tid) {
-    json::array arr;
-    arr.reserve(group.size());
+    std::string ids = "{", tokens = "{", tids = "{", results = "{", latencies = "{";
     for (auto* c : group) {
-      json::object o;
-      o["id"] = c->id;
-      o["token"] = c->token;
-      if (with_tid) o["tid"] = c->tid;
-      o["result"] = c->result;
-      o["latency_s"] = c->latency_s;
-      arr.push_back(std::move(o));
+      append_array_element(ids, c->id);
+      append_array_element(tokens, c->token);
+      if (with_tid) append_array_element(tids, c->tid);
+      append_array_element(results, c->result);
+      if (latencies.size() > 1) latencies += ',';
+      latencies += num(c->latency_s);
     }
-    Params p{json::serialize(arr)};
+    for (auto* a : {&ids, &tokens, &tids, &results, &latencies}) *a += '}';
+    Params p;
+    if (with_tid) p = Params{std::move(ids), std::move(tokens), std::move(tids), std::move(results), std::move(latencies)};
+    else p = Params{std::move(ids), std::move(tokens), std::move(results), std::move(latencies)};
     auto r = co_await settle_query(st, p);
     std::multiset<std::string, std::less<>> settled;
     for (int i = 0; i < r.rows(); ++i) settled.emplace(r.text(i, 0));
@@ -542,11 +556,12 @@ class PostgresQueue final : public JobQueue {
     // row and dead version, for each batch instead of fetching the batch's rows.)
     st_complete_tid_ = hot("complete_tid", "UPDATE " + s + ".jobs j SET state = 'succeeded', result = x.result, "
         "latency_s = x.latency_s, lease_token = NULL, lease_expires_at = NULL, updated_at = " + s + ".now_s() "
-        "FROM json_to_recordset($1::json) AS x(id text, token text, tid tid, result text, latency_s double precision) "
+        "FROM unnest($1::text[], $2::text[], $3::tid[], $4::text[], $5::double precision[]) AS x(id, token, tid, result, "
+        "latency_s) "
         "WHERE j.ctid = x.tid AND j.id = x.id AND j.lease_token = x.token RETURNING j.id");
     st_complete_ = hot("complete", "UPDATE " + s + ".jobs j SET state = 'succeeded', result = x.result, "
         "latency_s = x.latency_s, lease_token = NULL, lease_expires_at = NULL, updated_at = " + s + ".now_s() "
-        "FROM json_to_recordset($1::json) AS x(id text, token text, result text, latency_s double precision) "
+        "FROM unnest($1::text[], $2::text[], $3::text[], $4::double precision[]) AS x(id, token, result, latency_s) "
         "WHERE j.id = x.id AND j.lease_token = x.token RETURNING j.id");
     st_retry_ = hot("retry", "UPDATE " + s + ".jobs SET state = 'queued', run_at = " + s + ".now_s() + $3, "
         "reason = $4, lease_token = NULL, lease_expires_at = NULL, updated_at = " + s + ".now_s()" + fence);
