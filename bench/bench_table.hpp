@@ -7,10 +7,29 @@
 #include <cmath>
 #include <cstdio>
 #include <iostream>
+#include <sstream>
 #include <string>
 #include <vector>
 
 namespace penguiflow::bench {
+
+/// Runs a shell command and returns the last number it printed (NaN when none).
+inline double run_probe(const std::string& cmd) {
+  if (cmd.empty()) return NAN;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) return NAN;
+  std::string out;
+  char buf[256];
+  while (std::fgets(buf, sizeof buf, p)) out += buf;
+  ::pclose(p);
+  std::istringstream in(out);
+  double v = NAN;
+  for (std::string tok; in >> tok;) try {
+      v = std::stod(tok);
+    } catch (const std::exception&) {
+    }
+  return v;
+}
 
 /// One measured quantity over the runs.
 struct Row {

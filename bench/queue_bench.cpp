@@ -4,6 +4,7 @@
 //
 //   queue_bench --queue sqlite:///tmp/qb.db [--jobs 50000] [--concurrency 1,50,200]
 //               [--consumers K] [--runs R] [--latency-jobs 1000] [--peer NAME]
+//               [--server-cpu-probe CMD]
 //
 // Workloads (each in a fresh namespace, so the queue starts empty):
 //   enqueue bulk    N no-op jobs in enqueue_bulk chunks of 1,000
@@ -15,7 +16,10 @@
 //                   share one queue object; "separate handle": two objects (like two
 //                   processes: for SQLite the consumer sees the job at its next poll).
 // CPU µs/job is this process's user+sys time (all threads, incl. the SQLite thread) over
-// the jobs of the phase; a server's own CPU (Redis, PostgreSQL) is not included.
+// the jobs of the phase; a server's own CPU (Redis, PostgreSQL) is not included, unless
+// --server-cpu-probe CMD is given: a shell command printing the server's CPU seconds so
+// far (e.g. the sum of redis-cli INFO cpu's used_cpu_user and used_cpu_sys), run before
+// and after each process phase ("process server cpu", µs/job).
 // Output: one JSON line per measurement (the peers' results.jsonl shape), then a Markdown
 // table in the shape of ../shared/bench/peers/summarize.mjs.
 #include <penguiflow/queue/queue.hpp>
@@ -60,6 +64,7 @@ struct Options {
   int runs = 1;
   int latency_jobs = 1000;
   std::string peer;
+  std::string server_cpu_probe;
 };
 
 using penguiflow::bench::Row;
@@ -208,6 +213,7 @@ Task<void> bench_process(asio::any_io_executor ex, int concurrency) {
   ProcessState st;
   st.total = g_opt.jobs;
   int per = std::max(1, concurrency / g_opt.consumers);
+  const double server0 = penguiflow::bench::run_probe(g_opt.server_cpu_probe);
   double c0 = cpu_seconds();
   auto t0 = Clock::now();
   auto done = std::make_shared<int>(g_opt.consumers);
@@ -232,6 +238,9 @@ Task<void> bench_process(asio::any_io_executor ex, int concurrency) {
   if (g_opt.consumers > 1) variant += ", " + std::to_string(g_opt.consumers) + " consumers";
   record("process", variant, st.completed / s, "jobs/s");
   record("process cpu", variant, (cpu_seconds() - c0) / st.completed * 1e6, "µs/job");
+  const double server1 = penguiflow::bench::run_probe(g_opt.server_cpu_probe);  // connections still open
+  if (!std::isnan(server0) && !std::isnan(server1))
+    record("process server cpu (--server-cpu-probe)", variant, (server1 - server0) / st.completed * 1e6, "µs/job");
   if (st.stale) std::cerr << "warning: " << st.stale << " stale completions\n";
   for (auto& q : qs) co_await q->close();
 }
@@ -322,7 +331,7 @@ Task<void> run_all() {
 [[noreturn]] void usage(const std::string& why) {
   std::cerr << (why.empty() ? "" : "queue_bench: " + why + "\n")
             << "usage: queue_bench --queue URL [--jobs 50000] [--concurrency 1,50,200] [--consumers K]\n"
-               "                   [--runs R] [--latency-jobs 1000] [--peer NAME]\n";
+               "                   [--runs R] [--latency-jobs 1000] [--peer NAME] [--server-cpu-probe CMD]\n";
   std::exit(2);
 }
 
@@ -342,6 +351,7 @@ int main(int argc, char** argv) {
       else if (a == "--runs") g_opt.runs = std::max(1, std::stoi(next()));
       else if (a == "--latency-jobs") g_opt.latency_jobs = std::stoi(next());
       else if (a == "--peer") g_opt.peer = next();
+      else if (a == "--server-cpu-probe") g_opt.server_cpu_probe = next();
       else if (a == "--concurrency") {
         g_opt.concurrency.clear();
         std::stringstream ss(next());

@@ -79,6 +79,7 @@ struct Options {
 Options g_opt;
 
 using penguiflow::bench::Row;
+using penguiflow::bench::run_probe;
 std::vector<Row> g_rows;
 
 // ------------------------------------------------------------------ output (child side)
@@ -207,23 +208,6 @@ worker::WorkerOptions worker_options(const std::string& ns, int concurrency) {
 
 // ------------------------------------------------------------------ cases (each in a child)
 
-/// Runs a shell command and returns the last number it printed (NaN when none).
-double run_probe(const std::string& cmd) {
-  if (cmd.empty()) return NAN;
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (!p) return NAN;
-  std::string out;
-  char buf[256];
-  while (std::fgets(buf, sizeof buf, p)) out += buf;
-  ::pclose(p);
-  std::istringstream in(out);
-  double v = NAN;
-  for (std::string tok; in >> tok;) try {
-      v = std::stod(tok);
-    } catch (const std::exception&) {
-    }
-  return v;
-}
 
 bool is_memory() { return g_opt.url.rfind("memory:", 0) == 0; }
 

@@ -131,8 +131,9 @@ Job job_from_fields(const Fields& f, const QueueConfig& config, std::optional<De
   return job;
 }
 
-/// A job as the fetch script returns it: {id, doc, tenant, attempts, priority, run_at,
-/// created_at, reason, details} (nil where the hash has no such field), now running.
+/// A job as the fetch script returns it: {id, doc, tenant, attempts, run_at, created_at,
+/// reason} (nil where the hash has no such field), now running. The priority comes from
+/// the document (the hash's copy never differs).
 Job job_from_fetch(const RespValue& v, const QueueConfig& config, double now, std::optional<DecodeError>* decode_error) {
   static const RespValue nil;
   auto at = [&](std::size_t i) -> const RespValue& { return i < v.elements.size() ? v.elements[i] : nil; };
@@ -151,12 +152,10 @@ Job job_from_fetch(const RespValue& v, const QueueConfig& config, double now, st
   if (const auto& t = at(2).str; !t.empty() || job.tenant.empty()) job.tenant = t;
   job.state = JobState::running;
   job.attempts = to_int(at(3).str, job.attempts);
-  job.priority = to_int(at(4).str, job.priority);
-  job.run_at = to_double(at(5).str, job.run_at);
-  job.created_at = to_double(at(6).str);
+  job.run_at = to_double(at(4).str, job.run_at);
+  job.created_at = to_double(at(5).str);
   job.updated_at = now;
-  job.reason = at(7).str;
-  job.details = parse_or_string(at(8).str);
+  job.reason = at(6).str;
   return job;
 }
 

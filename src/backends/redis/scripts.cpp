@@ -139,8 +139,8 @@ return out
 
 // ARGV: prefix, now, max, owner, lease_expires_at, token_prefix.
 // Returns {next_due ('' when none or when jobs were taken), {job1, job2, ...}}; each job is the array {id, doc,
-// tenant, attempts (after this fetch), priority, run_at, created_at, reason, details}
-// (nil where the hash has no such field); the lease token is ARGV[6] for every job.
+// tenant, attempts (after this fetch), run_at, created_at, reason} (nil where the hash has
+// no such field); the lease token is ARGV[6] for every job.
 const char* const kFetch = R"LUA(
 local now = tonumber(NOW_S)
 -- Q1: expired leases become fetchable again (attempts kept).
@@ -207,31 +207,38 @@ end
 local taken = redis.call('ZPOPMIN', K_READY, tonumber(ARGV[3]))
 local pre = ARGV[6] .. ' ' .. ARGV[5] .. ' '
 local post = ' ' .. #ARGV[4] .. ' ' .. ARGV[4]
+local exp = ARGV[5]
 local jobs = {}
 local leased = {}
 local leases = {}
+local per_tenant = {}
 -- attempts + 1 without Lua's number-to-text formatting (a printf per job) in the usual cases
 local NEXT = {['0'] = '1', ['1'] = '2', ['2'] = '3', ['3'] = '4', ['4'] = '5'}
+local n = 0
 for i = 1, #taken, 2 do
   local id = string.sub(taken[i], 34)
-  local h = redis.call('HMGET', jk(id), 'state', 'tenant', 'attempts', 'doc', 'priority', 'run_at', 'created_at',
-    'reason', 'details')
+  -- priority is read from the document (never changed); details only matter to dead jobs
+  local h = redis.call('HMGET', PREFIX .. id, 'state', 'tenant', 'attempts', 'doc', 'run_at', 'created_at', 'reason')
   if h[1] == 'queued' then
     local attempts = NEXT[h[3]] or tostring((tonumber(h[3]) or 0) + 1)
     local tenant = h[2] or ''
-    leases[#leases + 1] = id
-    leases[#leases + 1] = pre .. attempts .. post .. tenant
-    leased[#leased + 1] = ARGV[5]
-    leased[#leased + 1] = id
-    count_later(tenant, 'queued', -1)
-    count_later(tenant, 'running', 1)
-    -- id, doc, tenant, attempts, priority, run_at, created_at, reason, details
-    jobs[#jobs + 1] = {id, h[4], h[2], attempts, h[5], h[6], h[7], h[8], h[9]}
+    n = n + 1
+    leases[2 * n - 1] = id
+    leases[2 * n] = pre .. attempts .. post .. tenant
+    leased[2 * n - 1] = exp
+    leased[2 * n] = id
+    per_tenant[tenant] = (per_tenant[tenant] or 0) + 1
+    -- id, doc, tenant, attempts, run_at, created_at, reason
+    jobs[n] = {id, h[4], h[2], attempts, h[5], h[6], h[7]}
   end
 end
-if #leased > 0 then
+if n > 0 then
   redis.call('HSET', K_LEASES, unpack(leases))
   redis.call('ZADD', K_LEASED, unpack(leased))
+  for tenant, k in pairs(per_tenant) do
+    count_later(tenant, 'queued', -k)
+    count_later(tenant, 'running', k)
+  end
 end
 count_flush()
 -- Nothing left to signal: drop stale wake-up tokens.
@@ -301,7 +308,9 @@ for i = 0, n - 1 do  -- refuse a bad op before writing anything
 end
 local out = {}
 local wakes = 0
-local bump = count_later
+-- Per tenant: {succeeded, queued, dead} settled by this batch (count keys built once per
+-- tenant, not per job).
+local per_tenant = {}
 -- The leases of the whole batch are read with one HMGET; sorted-set and lease updates are
 -- gathered and sent as one command each at the end.
 local ids = {}
@@ -312,38 +321,50 @@ local seen = {}
 for i = 0, n - 1 do
   local b = 4 + i * 6
   local op, id, token = ARGV[b], ARGV[b + 1], ARGV[b + 2]
-  local a1, a2, a3 = ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
-  local k = jk(id)
   local tok, exp, att, owner, tenant = lease_parse(recs[i + 1])
   if not tok or tok ~= token or seen[id] then
     out[i + 1] = 0
   else
     seen[id] = true
     unleased[#unleased + 1] = id
+    local k = PREFIX .. id
+    local t = per_tenant[tenant]
+    if not t then
+      t = {0, 0, 0}
+      per_tenant[tenant] = t
+    end
     if op == 'complete' then
-      redis.call('HSET', k, 'state', 'succeeded', 'result', a1, 'latency_s', a2, 'updated_at', NOW_S, 'attempts', att)
+      redis.call('HSET', k, 'state', 'succeeded', 'result', ARGV[b + 3], 'latency_s', ARGV[b + 4], 'updated_at', NOW_S,
+        'attempts', att)
       done[#done + 1] = NOW_S
       done[#done + 1] = id
-      bump(tenant, 'succeeded', 1)
+      t[1] = t[1] + 1
     elseif op == 'retry' then
+      local a1 = ARGV[b + 3]
       local r = redis.call('HMGET', k, 'priority', 'seq')
-      redis.call('HSET', k, 'state', 'queued', 'run_at', a1, 'reason', a2, 'updated_at', NOW_S, 'attempts', att)
-      if a3 == '1' then
+      redis.call('HSET', k, 'state', 'queued', 'run_at', a1, 'reason', ARGV[b + 4], 'updated_at', NOW_S, 'attempts', att)
+      if ARGV[b + 5] == '1' then
         redis.call('ZADD', K_SCHED, a1, id)
       else
         ready_add(id, r[1], a1, r[2])
       end
       wakes = wakes + 1
-      bump(tenant, 'queued', 1)
+      t[2] = t[2] + 1
     else
-      redis.call('HSET', k, 'state', 'dead', 'reason', a1, 'details', a2, 'updated_at', NOW_S, 'attempts', att)
+      redis.call('HSET', k, 'state', 'dead', 'reason', ARGV[b + 3], 'details', ARGV[b + 4], 'updated_at', NOW_S,
+        'attempts', att)
       dead[#dead + 1] = NOW_S
       dead[#dead + 1] = id
-      bump(tenant, 'dead', 1)
+      t[3] = t[3] + 1
     end
-    bump(tenant, 'running', -1)
     out[i + 1] = 1
   end
+end
+for tenant, t in pairs(per_tenant) do
+  count_later(tenant, 'succeeded', t[1])
+  count_later(tenant, 'queued', t[2])
+  count_later(tenant, 'dead', t[3])
+  count_later(tenant, 'running', -(t[1] + t[2] + t[3]))
 end
 if #unleased > 0 then
   redis.call('ZREM', K_LEASED, unpack(unleased))
