@@ -307,6 +307,13 @@ class SqliteQueue final : public JobQueue {
       db.open(opts_);
       db.exec("PRAGMA journal_mode=WAL");
       db.exec("PRAGMA synchronous=NORMAL");
+      // A claim is one multi-row UPDATE, so SQLite keeps a statement journal for it (the
+      // pages' contents before the statement, to undo just this statement on an error).
+      // Past 64 KiB (SQLITE_STMTJRNL_SPILL) that journal spills to a temporary file in
+      // /var/tmp, created, written and unlinked per statement: a claim of ~100 rows did
+      // that every time (strace: 198 temp files in a 20,000-job run at c=200). In memory
+      // it stays (and so do temporary b-trees of ORDER BY / GROUP BY: small here).
+      db.exec("PRAGMA temp_store=MEMORY");
       create_schema(db);
       return true;
     };
