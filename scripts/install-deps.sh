@@ -10,6 +10,7 @@ PACKAGES=(
   libsqlite3-dev sqlite3
   libpq-dev postgresql-15 postgresql-client-15
   libhiredis-dev redis-server redis-tools
+  libmimalloc-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3
 )

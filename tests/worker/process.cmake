@@ -7,6 +7,7 @@
 add_executable(test_worker ${CMAKE_CURRENT_LIST_DIR}/test_worker_main.cpp)
 target_link_libraries(test_worker PRIVATE penguiflow_cli penguiflow_example_flows)
 penguiflow_use_pch(test_worker)
+penguiflow_use_malloc(test_worker)
 
 penguiflow_add_test(worker_process_test
   SOURCES ${CMAKE_CURRENT_LIST_DIR}/process_test.cpp ${CMAKE_CURRENT_LIST_DIR}/process_support.cpp
