@@ -323,6 +323,7 @@ Task<void> run_all() {
   for (int r = 0; r < g_opt.runs; ++r) {
     co_await bench_enqueue(ex);
     for (int c : g_opt.concurrency) co_await bench_process(ex, c);
+    if (g_opt.latency_jobs <= 0) continue;  // --latency-jobs 0: throughput only
     co_await bench_latency(ex, true);
     if (!is_memory()) co_await bench_latency(ex, false);
   }
