@@ -960,17 +960,37 @@ class SqliteQueue final : public JobQueue {
     WriteTxn txn(db);
     r.now = now = unix_now();
     r.expires = now + req.lease.count() / 1000.0;
+    // The next rows, read first, then leased by one UPDATE of the same rows (same total
+    // order, and no other writer between the two under BEGIN IMMEDIATE). One UPDATE ...
+    // RETURNING did both, but SQLite buffers RETURNING rows in an ephemeral table (a
+    // B-tree insert per row, documents included): callgrind, 3,000 jobs at c=200: 86.2M
+    // -> 69.0M instructions for the claims.
+    auto token = new_lease_token();
+    int limit = std::max(0, req.max_jobs);
     {
-      auto s = db.prepare(claim_stmt_, [&] { return std::string("UPDATE " + jobs_ +
-                          " SET state='running', attempts=attempts+1, lease_owner=?1, lease_token=?2 || '.' || seq,"
-                          " ready_at=?3, updated_at=?4 WHERE seq IN (SELECT seq FROM " + jobs_ +
-                          " WHERE ready_at IS NOT NULL AND ready_at <= ?4 ORDER BY priority DESC, ready_at, seq"
-                          " LIMIT ?5) RETURNING seq, id, doc, lease_token, attempts, priority, run_at, created_at"); });
-      s.bind(1, req.owner).bind(2, new_lease_token()).bind(3, r.expires).bind(4, now);
-      s.bind(5, std::max(0, req.max_jobs));
-      while (s.step())
-        r.rows.push_back(ClaimedRow{s.integer(0), s.text(1), s.text(2), s.text(3), static_cast<int>(s.integer(4)),
-                                    static_cast<int>(s.integer(5)), s.real(6), s.real(7)});
+      auto q = db.prepare(claim_select_stmt_, [&] {
+        return "SELECT seq, id, doc, attempts, priority, run_at, created_at FROM " + jobs_ +
+               " WHERE ready_at IS NOT NULL AND ready_at <= ?1 ORDER BY priority DESC, ready_at, seq LIMIT ?2";
+      });
+      q.bind(1, now).bind(2, limit);
+      while (q.step()) {
+        auto seq = q.integer(0);
+        r.rows.push_back(ClaimedRow{seq, q.text(1), q.text(2), token + '.' + std::to_string(seq),
+                                    static_cast<int>(q.integer(3)) + 1, static_cast<int>(q.integer(4)), q.real(5),
+                                    q.real(6)});
+      }
+    }
+    if (!r.rows.empty()) {
+      auto s = db.prepare(claim_stmt_, [&] {
+        return "UPDATE " + jobs_ +
+               " SET state='running', attempts=attempts+1, lease_owner=?1, lease_token=?2 || '.' || seq,"
+               " ready_at=?3, updated_at=?4 WHERE seq IN (SELECT seq FROM " + jobs_ +
+               " WHERE ready_at IS NOT NULL AND ready_at <= ?4 ORDER BY priority DESC, ready_at, seq LIMIT ?5)";
+      });
+      s.bind_static(1, req.owner).bind_static(2, token).bind(3, r.expires).bind(4, now).bind(5, limit).run();
+      if (db.changes() != static_cast<std::int64_t>(r.rows.size()))  // cannot happen; never lease blindly
+        throw QueueError("sqlite queue " + url_ + ": claim updated " + std::to_string(db.changes()) + " rows for " +
+                         std::to_string(r.rows.size()) + " selected");
     }
     if (r.rows.empty()) {
       next_due_ = earliest_ready(db);
@@ -988,7 +1008,8 @@ class SqliteQueue final : public JobQueue {
   // crash before that leaves them leased, and the next claim after the lease finds them
   // bad again.
   Task<std::vector<LeasedJob>> decode_claimed(ClaimResult& r, const std::string& owner) {
-    // RETURNING order is unspecified: restore the claim order.
+    // Q4 order (priority, run_at, FIFO); the claim took them by ready_at, which is the
+    // lease expiry of a re-leased row.
     std::sort(r.rows.begin(), r.rows.end(), [](const ClaimedRow& a, const ClaimedRow& b) {
       return std::tie(b.priority, a.run_at, a.seq) < std::tie(a.priority, b.run_at, b.seq);
     });
@@ -1091,6 +1112,7 @@ class SqliteQueue final : public JobQueue {
   sqlite3_stmt* fail_stmt_ = nullptr;
   sqlite3_stmt* heartbeat_stmt_ = nullptr;
   sqlite3_stmt* claim_stmt_ = nullptr;
+  sqlite3_stmt* claim_select_stmt_ = nullptr;
   sqlite3_stmt* data_version_stmt_ = nullptr;
   std::int64_t local_writes_ = 0;
   std::pair<std::int64_t, std::int64_t> last_empty_{-1, -1};
