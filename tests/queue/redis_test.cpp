@@ -300,6 +300,44 @@ TEST_F(RedisQueueTest, ScriptsAreReloadedAfterNoscript) {
   }());
 }
 
+// The in-flight hash and sorted set carry one long entry that keeps them out of Redis's
+// listpack encoding (where every lookup is a linear scan); it is invisible to the API:
+// it is never counted, listed, expired or redelivered.
+TEST_F(RedisQueueTest, InFlightSetsStayHashTablesAndTheirKeepEntryIsInvisible) {
+  penguiflow::testing::run_async([&]() -> Task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    const std::string ns = unique_ns();
+    auto q = co_await open_redis_queue(ex, url_, config_for(ns));
+    co_await q->enqueue(a_job());
+    co_await q->enqueue(a_job());
+    auto got = co_await q->fetch(req(1));
+    EXPECT_EQ(got.size(), 1u);
+    if (got.size() != 1u) co_return;
+    Connection admin(ex, parse_redis_url(url_));
+    std::vector<std::string> enc1{"OBJECT", "ENCODING", "{" + ns + "}:leases"};
+    EXPECT_EQ((co_await raw(admin, std::move(enc1))).str, "hashtable");
+    std::vector<std::string> enc2{"OBJECT", "ENCODING", "{" + ns + "}:leased"};
+    EXPECT_EQ((co_await raw(admin, std::move(enc2))).str, "skiplist");
+    auto c = co_await q->counts();
+    EXPECT_EQ(c.by_state["running"], 1);
+    EXPECT_EQ(c.by_state["queued"], 1);
+    EXPECT_EQ(co_await q->complete(got[0].lease, nullptr, 0.0), Settle::ok);
+    c = co_await q->counts();
+    EXPECT_EQ(c.by_state["running"], 0);
+    auto d = co_await q->depth();
+    EXPECT_EQ(d.by_state["running"], 0);
+    ListFilter running{JobState::running, std::nullopt, 100};
+    EXPECT_TRUE((co_await q->list(std::move(running))).empty());
+    // Nothing in flight: an empty fetch neither returns nor waits for the keep entry.
+    auto one = co_await q->fetch(req(5));
+    EXPECT_EQ(one.size(), 1u);
+    auto none = co_await q->fetch(req(5, 50ms));
+    EXPECT_TRUE(none.empty());
+    admin.close();
+    co_await q->close();
+  }());
+}
+
 TEST_F(RedisQueueTest, EveryKeyOfAQueueSharesItsHashTag) {
   penguiflow::testing::run_async([&]() -> Task<void> {
     auto ex = co_await asio::this_coro::executor;

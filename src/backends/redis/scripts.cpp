@@ -37,6 +37,12 @@ local K_READY, K_SCHED, K_LEASED, K_DONE, K_DEAD, K_IDEM, K_COUNT, K_WAKE, K_SEQ
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
 local PREFIX = ARGV[1]
 local NOW_S = ARGV[2]
+-- K_LEASES and K_LEASED hold only the jobs in flight, so they stay small, and Redis keeps
+-- a small hash or sorted set as a listpack, where every HGET / HDEL / ZADD / ZREM is a
+-- linear scan (up to 128 entries: ~2 us a job at 50 in flight). One entry longer than 64
+-- bytes converts them to a hash table / skip list for good; this one is written with the
+-- leases of every fetch and never removed (score +inf in K_LEASED: it never expires).
+local KEEP = '~ penguiflow: keeps this key in its hash-table encoding (docs/wire-format.md)'
 local function jk(id) return PREFIX .. id end
 local function count(tenant, state, d)
   redis.call('HINCRBY', K_COUNT, (tenant or '') .. '\n' .. state, d)
@@ -233,6 +239,10 @@ for i = 1, #taken, 2 do
   end
 end
 if n > 0 then
+  leases[2 * n + 1] = KEEP
+  leases[2 * n + 2] = '1'
+  leased[2 * n + 1] = 'inf'
+  leased[2 * n + 2] = KEEP
   redis.call('HSET', K_LEASES, unpack(leases))
   redis.call('ZADD', K_LEASED, unpack(leased))
   for tenant, k in pairs(per_tenant) do
@@ -249,7 +259,7 @@ if #jobs == 0 then
   local s = redis.call('ZRANGE', K_SCHED, 0, 0, 'WITHSCORES')
   if s[2] then next_due = s[2] end
   local l = redis.call('ZRANGE', K_LEASED, 0, 0, 'WITHSCORES')
-  if l[2] and (next_due == '' or tonumber(l[2]) < tonumber(next_due)) then next_due = l[2] end
+  if l[2] and l[1] ~= KEEP and (next_due == '' or tonumber(l[2]) < tonumber(next_due)) then next_due = l[2] end
 end
 return {next_due, jobs}
 )LUA";
@@ -386,7 +396,9 @@ return out
 const char* const kAdmin = R"LUA(
 local op = ARGV[3]
 if op == 'counts' then
-  return {redis.call('ZCARD', K_READY), redis.call('ZCARD', K_SCHED), redis.call('ZCARD', K_LEASED),
+  local running = redis.call('ZCARD', K_LEASED)
+  if redis.call('ZSCORE', K_LEASED, KEEP) then running = running - 1 end
+  return {redis.call('ZCARD', K_READY), redis.call('ZCARD', K_SCHED), running,
           redis.call('ZCARD', K_DONE), redis.call('ZCARD', K_DEAD), redis.call('HGETALL', K_COUNT)}
 elseif op == 'cancel' then
   local id = ARGV[4]
