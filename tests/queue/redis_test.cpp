@@ -415,6 +415,49 @@ TEST_F(RedisQueueTest, JobLeasedByTheOldLayoutIsRedeliveredAfterExpiry) {
   }());
 }
 
+// Succeeded jobs are appended to {ns}:succeeded; those an earlier version recorded in the
+// {ns}:done sorted set are still counted, listed and purged.
+TEST_F(RedisQueueTest, SucceededJobsOfTheOldSortedSetAreCountedListedAndPurged) {
+  penguiflow::testing::run_async([&]() -> Task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    const std::string ns = unique_ns();
+    auto q = co_await open_redis_queue(ex, url_, config_for(ns));
+    std::vector<NewJob> jobs;
+    for (int i = 0; i < 3; ++i) jobs.push_back(a_job());
+    co_await q->enqueue_bulk(std::move(jobs));
+    auto got = co_await q->fetch(req(3));
+    EXPECT_EQ(got.size(), 3u);
+    if (got.size() != 3u) co_return;
+    for (auto& lj : got) EXPECT_EQ(co_await q->complete(lj.lease, nullptr, 0.01), Settle::ok);
+    // Move the first one to the old layout: in {ns}:done, settled an hour ago.
+    redis::QueueKeys keys(ns);
+    const std::string old_id = got[0].job.id;
+    const std::string an_hour_ago = std::to_string(unix_now() - 3600);
+    Connection admin(ex, parse_redis_url(url_));
+    std::vector<std::vector<std::string>> cmds{{"LREM", keys.succeeded, "0", old_id},
+                                               {"ZADD", keys.done, an_hour_ago, old_id},
+                                               {"HSET", keys.job(old_id), "updated_at", an_hour_ago}};
+    auto replies = co_await admin.exec_many(std::move(cmds));
+    for (auto& x : replies) EXPECT_FALSE(x.is_error()) << x.str;
+    auto c = co_await q->counts();
+    EXPECT_EQ(c.by_state["succeeded"], 3);
+    ListFilter succeeded{JobState::succeeded, std::nullopt, 100};
+    EXPECT_EQ((co_await q->list(succeeded)).size(), 3u);
+    // Older than 10 minutes: only the old one; then everything older than now.
+    EXPECT_EQ(co_await q->purge(600), 1);
+    EXPECT_FALSE(co_await q->get(old_id, std::nullopt));
+    EXPECT_TRUE(co_await q->get(got[1].job.id, std::nullopt));
+    EXPECT_EQ(co_await q->purge(-1), 2);
+    c = co_await q->counts();
+    EXPECT_EQ(c.by_state["succeeded"], 0);
+    EXPECT_TRUE((co_await q->list(succeeded)).empty());
+    std::vector<std::string> len{"LLEN", keys.succeeded};
+    EXPECT_EQ((co_await raw(admin, std::move(len))).as_int(), 0);
+    admin.close();
+    co_await q->close();
+  }());
+}
+
 TEST_F(RedisQueueTest, JobEnqueuedWithRedisCliIsFetchedAndCompleted) {
   if (!have_program("redis-cli")) GTEST_SKIP() << "redis-cli is not installed";
   auto ep = parse_redis_url(url_);

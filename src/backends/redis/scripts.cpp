@@ -14,12 +14,13 @@ QueueKeys::QueueKeys(const std::string& ns) {
   wake = p + "wake";
   seq = p + "seq";
   leases = p + "leases";
+  succeeded = p + "succeeded";
   effects = p + "effects";
   job_prefix = p + "job:";
 }
 
 std::vector<std::string> QueueKeys::script_keys() const {
-  return {ready, scheduled, leased, done, dead, idem, counts, wake, seq, leases};
+  return {ready, scheduled, leased, done, dead, idem, counts, wake, seq, leases, succeeded};
 }
 
 namespace {
@@ -33,8 +34,11 @@ namespace {
 // HMGET and drops them with one HDEL, so a job costs one job-hash read at fetch and one
 // job-hash write at settle; attempts are written back to the job hash when the lease ends.
 const char* const kPrelude = R"LUA(
-local K_READY, K_SCHED, K_LEASED, K_DONE, K_DEAD, K_IDEM, K_COUNT, K_WAKE, K_SEQ, K_LEASES =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local K_READY, K_SCHED, K_LEASED, K_DONE, K_DEAD, K_IDEM, K_COUNT, K_WAKE, K_SEQ, K_LEASES, K_SUCC =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+-- Succeeded jobs are appended to the list K_SUCC in completion order (RPUSH is O(1); a
+-- sorted set by completion time cost a skip-list insert per job). K_DONE is the sorted set
+-- earlier versions kept; it is still counted, listed and purged, never written.
 local PREFIX = ARGV[1]
 local NOW_S = ARGV[2]
 -- K_LEASES and K_LEASED hold only the jobs in flight, so they stay small, and Redis keeps
@@ -283,7 +287,7 @@ redis.call('ZREM', K_LEASED, id)
 redis.call('HDEL', K_LEASES, id)
 if op == 'complete' then
   redis.call('HSET', k, 'state', 'succeeded', 'result', ARGV[6], 'latency_s', ARGV[7], 'updated_at', NOW_S, 'attempts', att)
-  redis.call('ZADD', K_DONE, NOW_S, id)
+  redis.call('RPUSH', K_SUCC, id)
   move(tenant, 'running', 'succeeded')
 elseif op == 'retry' then
   local h = redis.call('HMGET', k, 'priority', 'seq')
@@ -346,7 +350,6 @@ for i = 0, n - 1 do
     if op == 'complete' then
       redis.call('HSET', k, 'state', 'succeeded', 'result', ARGV[b + 3], 'latency_s', ARGV[b + 4], 'updated_at', NOW_S,
         'attempts', att)
-      done[#done + 1] = NOW_S
       done[#done + 1] = id
       t[1] = t[1] + 1
     elseif op == 'retry' then
@@ -380,7 +383,7 @@ if #unleased > 0 then
   redis.call('ZREM', K_LEASED, unpack(unleased))
   redis.call('HDEL', K_LEASES, unpack(unleased))
 end
-if #done > 0 then redis.call('ZADD', K_DONE, unpack(done)) end
+if #done > 0 then redis.call('RPUSH', K_SUCC, unpack(done)) end
 if #dead > 0 then redis.call('ZADD', K_DEAD, unpack(dead)) end
 count_flush()
 wake(wakes)
@@ -388,7 +391,7 @@ return out
 )LUA";
 
 // ARGV: prefix, now, op, op args.
-//   counts:                          -> {#ready, #scheduled, #leased, #done, #dead, HGETALL counts}
+//   counts:                          -> {#ready, #scheduled, #leased, #succeeded, #dead, HGETALL counts}
 //   cancel: id, tenant_given, tenant -> 1 | 0
 //   requeue: tenant_given, tenant, ids... (none: every dead job) -> n
 //   purge: cutoff                    -> n
@@ -399,7 +402,8 @@ if op == 'counts' then
   local running = redis.call('ZCARD', K_LEASED)
   if redis.call('ZSCORE', K_LEASED, KEEP) then running = running - 1 end
   return {redis.call('ZCARD', K_READY), redis.call('ZCARD', K_SCHED), running,
-          redis.call('ZCARD', K_DONE), redis.call('ZCARD', K_DEAD), redis.call('HGETALL', K_COUNT)}
+          redis.call('ZCARD', K_DONE) + redis.call('LLEN', K_SUCC), redis.call('ZCARD', K_DEAD),
+          redis.call('HGETALL', K_COUNT)}
 elseif op == 'cancel' then
   local id = ARGV[4]
   local k = jk(id)
@@ -445,31 +449,54 @@ elseif op == 'requeue' then
   return n
 elseif op == 'purge' then
   local n = 0
+  local cutoff = tonumber(ARGV[4])
+  -- A settled job older than the cutoff goes with its idempotency key; true when gone.
+  local function drop(id, state)
+    local k = jk(id)
+    local h = redis.call('HMGET', k, 'state', 'tenant', 'idem')
+    if h[1] ~= state then return false end
+    if h[3] and h[3] ~= '' and redis.call('HGET', K_IDEM, h[3]) == id then redis.call('HDEL', K_IDEM, h[3]) end
+    redis.call('DEL', k)
+    count(h[2], h[1], -1)
+    n = n + 1
+    return true
+  end
   for _, pair in ipairs({{K_DONE, 'succeeded'}, {K_DEAD, 'dead'}}) do
     local ids = redis.call('ZRANGEBYSCORE', pair[1], '-inf', ARGV[4])
     for _, id in ipairs(ids) do
-      local k = jk(id)
-      local h = redis.call('HMGET', k, 'state', 'tenant', 'idem')
-      if h[1] == pair[2] then
-        if h[3] and h[3] ~= '' and redis.call('HGET', K_IDEM, h[3]) == id then redis.call('HDEL', K_IDEM, h[3]) end
-        redis.call('DEL', k)
-        count(h[2], h[1], -1)
-        n = n + 1
-      end
+      drop(id, pair[2])
       redis.call('ZREM', pair[1], id)
     end
+  end
+  -- K_SUCC is in completion order: pop from the head while the head is older than the
+  -- cutoff (or no longer a succeeded job), stop at the first younger one. Workers' clocks
+  -- differ a little, so a job may wait behind a slightly younger one for the next purge.
+  while true do
+    local ids = redis.call('LRANGE', K_SUCC, 0, 199)
+    if #ids == 0 then break end
+    local popped = 0
+    for _, id in ipairs(ids) do
+      local h = redis.call('HMGET', jk(id), 'state', 'updated_at')
+      if h[1] == 'succeeded' and (tonumber(h[2]) or 0) > cutoff then break end
+      if h[1] == 'succeeded' then drop(id, 'succeeded') end
+      popped = popped + 1
+    end
+    if popped > 0 then redis.call('LPOP', K_SUCC, popped) end
+    if popped < #ids then break end
   end
   return n
 elseif op == 'list' then
   local want, tg, tenant, limit = ARGV[4], ARGV[5] == '1', ARGV[6], tonumber(ARGV[7])
   local sources = {{K_READY, 'queued', true}, {K_SCHED, 'queued', false}, {K_LEASED, 'running', false},
-                   {K_DONE, 'succeeded', false}, {K_DEAD, 'dead', false}}
+                   {K_DONE, 'succeeded', false}, {K_SUCC, 'succeeded', false, true}, {K_DEAD, 'dead', false}}
   local out = {}
   for _, s in ipairs(sources) do
     if want == '' or want == s[2] then
       local start = 0
       while #out < limit do
-        local ms = redis.call('ZRANGE', s[1], start, start + 199)
+        local ms
+        if s[4] then ms = redis.call('LRANGE', s[1], start, start + 199)
+        else ms = redis.call('ZRANGE', s[1], start, start + 199) end
         if #ms == 0 then break end
         for _, m in ipairs(ms) do
           local id = m

@@ -22,7 +22,7 @@ std::string_view script_name(Script s);
 /// Every key of the queue `ns`; all share the hash tag "{ns}".
 struct QueueKeys {
   explicit QueueKeys(const std::string& ns);
-  std::string ready, scheduled, leased, done, dead, idem, counts, wake, seq, leases;  // script KEYS, in order
+  std::string ready, scheduled, leased, done, dead, idem, counts, wake, seq, leases, succeeded;  // script KEYS, in order
   std::string effects;                                                         // W7 hash
   std::string job_prefix;                                                      // + id = job hash
   std::vector<std::string> script_keys() const;
