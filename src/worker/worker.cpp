@@ -355,7 +355,7 @@ Task<void> Shard::main() {
       if (opts_.exit_when_empty && inflight_ == 0) {
         bool empty = false;
         try {
-          auto c = co_await queue_->counts();
+          auto c = co_await queue_->depth();  // never the succeeded history
           empty = c.by_state["queued"] + c.by_state["running"] == 0;
         } catch (const std::exception&) {
         }
