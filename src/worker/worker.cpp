@@ -337,7 +337,11 @@ Task<void> Shard::main() {
     std::vector<LeasedJob> jobs;
     bool failed = false;
     try {
-      queue::FetchRequest req{free, opts_.fetch_wait, std::chrono::milliseconds(std::int64_t(opts_.lease_s * 1000)),
+      // At most half the slots a fetch: two cohorts then take turns, one running its flows
+      // while the other is settled and refilled, instead of every slot waiting for one
+      // round trip after the other (Redis c=50: fetch, run, settle in lockstep; +10% e2e).
+      const int max_jobs = std::min(free, std::max(1, (opts_.concurrency + 1) / 2));
+      queue::FetchRequest req{max_jobs, opts_.fetch_wait, std::chrono::milliseconds(std::int64_t(opts_.lease_s * 1000)),
                               st_.opts.worker_id};
       jobs = co_await queue_->fetch(std::move(req));
       fetch_backoff = 0.05;
