@@ -195,14 +195,14 @@ TEST(RedisKeys, EveryKeyOfAQueueSharesOneHashTag) {
   all.push_back(k.effects);
   all.push_back(k.job("some:id{with}braces"));
   for (const auto& key : all) EXPECT_EQ(hash_tag(key), "pft_0123abcd") << key;
-  EXPECT_EQ(k.script_keys().size(), 10u);
+  EXPECT_EQ(k.script_keys().size(), 11u);
 }
 
 TEST(RedisScripts, EveryScriptReadsTheSharedKeysOnly) {
   for (auto s : {Script::enqueue, Script::fetch, Script::settle, Script::admin, Script::settle_batch}) {
     const auto& text = script_text(s);
-    EXPECT_NE(text.find("KEYS[10]"), std::string::npos);
-    EXPECT_EQ(text.find("KEYS[11]"), std::string::npos);
+    EXPECT_NE(text.find("KEYS[11]"), std::string::npos);
+    EXPECT_EQ(text.find("KEYS[12]"), std::string::npos);
     EXPECT_EQ(text.find("HELLO"), std::string::npos);
   }
 }

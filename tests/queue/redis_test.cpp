@@ -14,6 +14,7 @@
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -453,6 +454,47 @@ TEST_F(RedisQueueTest, SucceededJobsOfTheOldSortedSetAreCountedListedAndPurged) 
     EXPECT_TRUE((co_await q->list(succeeded)).empty());
     std::vector<std::string> len{"LLEN", keys.succeeded};
     EXPECT_EQ((co_await raw(admin, std::move(len))).as_int(), 0);
+    admin.close();
+    co_await q->close();
+  }());
+}
+
+// A job completed by a worker whose clock runs ahead sits at the head of
+// {ns}:succeeded with a future updated_at; purge still removes the old jobs behind it and
+// keeps it (and the younger ones) in order.
+TEST_F(RedisQueueTest, PurgeIsNotHeldUpByAJobStampedInTheFuture) {
+  penguiflow::testing::run_async([&]() -> Task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    const std::string ns = unique_ns();
+    auto q = co_await open_redis_queue(ex, url_, config_for(ns));
+    std::vector<NewJob> jobs;
+    for (int i = 0; i < 4; ++i) jobs.push_back(a_job());
+    co_await q->enqueue_bulk(std::move(jobs));
+    auto got = co_await q->fetch(req(4));
+    EXPECT_EQ(got.size(), 4u);
+    if (got.size() != 4u) co_return;
+    for (auto& lj : got) EXPECT_EQ(co_await q->complete(lj.lease, nullptr, 0.01), Settle::ok);
+    // Completion order 0, 1, 2, 3; job 0 stamped a day ahead, 1 and 2 an hour ago, 3 now.
+    redis::QueueKeys keys(ns);
+    const std::string ahead = std::to_string(unix_now() + 86400), old = std::to_string(unix_now() - 3600);
+    Connection admin(ex, parse_redis_url(url_));
+    std::vector<std::vector<std::string>> cmds{{"HSET", keys.job(got[0].job.id), "updated_at", ahead},
+                                               {"HSET", keys.job(got[1].job.id), "updated_at", old},
+                                               {"HSET", keys.job(got[2].job.id), "updated_at", old}};
+    auto replies = co_await admin.exec_many(std::move(cmds));
+    for (auto& x : replies) EXPECT_FALSE(x.is_error()) << x.str;
+    EXPECT_EQ(co_await q->purge(600), 2);
+    EXPECT_FALSE(co_await q->get(got[1].job.id, std::nullopt));
+    EXPECT_FALSE(co_await q->get(got[2].job.id, std::nullopt));
+    std::vector<std::string> range{"LRANGE", keys.succeeded, "0", "-1"};
+    auto left = co_await raw(admin, std::move(range));
+    EXPECT_EQ(left.elements.size(), 2u);
+    if (left.elements.size() == 2u) {
+      EXPECT_EQ(left.elements[0].str, got[0].job.id);
+      EXPECT_EQ(left.elements[1].str, got[3].job.id);
+    }
+    auto c = co_await q->counts();
+    EXPECT_EQ(c.by_state["succeeded"], 2);
     admin.close();
     co_await q->close();
   }());
@@ -926,6 +968,48 @@ TEST_F(RedisQueueTest, SettlesArrivingWhileBatchesAreInFlightAreEachSentOnce) {
     std::cout << "[ batch    ] " << kN << " settles: " << evals << " EVALSHA calls in all\n";
     EXPECT_LT(evals, kN / 10);
     admin.close();
+    co_await q->close();
+  }());
+}
+
+// The 64th waiting settle sends a batch carrying the 63 others; cancelling that one
+// caller must not make the others' settles fail (they are applied either way).
+TEST_F(RedisQueueTest, CancellingTheSenderOfAPipelinedBatchFailsOnlyItsOwnCall) {
+  penguiflow::testing::run_async([&]() -> Task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    auto q = co_await open_redis_queue(ex, url_, config_for(unique_ns()));
+    constexpr int kN = 65;
+    std::vector<NewJob> jobs;
+    for (int i = 0; i < kN; ++i) jobs.push_back(a_job("acme"));
+    co_await q->enqueue_bulk(std::move(jobs));
+    auto got = co_await q->fetch(req(kN));
+    EXPECT_EQ(got.size(), static_cast<std::size_t>(kN));
+    if (got.size() != static_cast<std::size_t>(kN)) co_return;
+    std::vector<asio::cancellation_signal> cancel(kN);
+    int ok = 0, aborted = 0, other = 0, finished = 0;
+    for (int i = 0; i < kN; ++i) {
+      auto one = [&, i]() -> Task<void> {
+        Lease lease = got[i].lease;
+        try {
+          auto s = co_await q->complete(lease, nullptr, 0.001);
+          if (s == Settle::ok) ++ok; else ++other;
+        } catch (const boost::system::system_error& e) {
+          if (e.code() == asio::error::operation_aborted) ++aborted; else ++other;
+        }
+        ++finished;
+      };
+      asio::co_spawn(ex, one(), asio::bind_cancellation_slot(cancel[i].slot(), asio::detached));
+    }
+    // All 65 have started: the first is sent alone, 63 wait, the 65th sends them.
+    co_await asio::post(ex, asio::use_awaitable);
+    cancel[kN - 1].emit(asio::cancellation_type::terminal);
+    EXPECT_TRUE(co_await penguiflow::testing::eventually([&]() -> Task<bool> { co_return finished == kN; }));
+    EXPECT_EQ(ok, kN - 1);
+    EXPECT_EQ(aborted, 1);
+    EXPECT_EQ(other, 0);
+    auto c = co_await q->counts();
+    EXPECT_EQ(c.by_state["succeeded"], kN);  // the cancelled caller's settle was applied too
+    EXPECT_EQ(c.by_state["running"], 0);
     co_await q->close();
   }());
 }

@@ -7,6 +7,8 @@
 #include "connection.hpp"
 #include "scripts.hpp"
 
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/co_spawn.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -453,7 +455,9 @@ class RedisQueue final : public JobQueue {
   /// alternating with it (measured: worker_bench e2e c=200 +30%). The caller that sends a
   /// batch hands the sending on to a waiter when nothing else is in flight, so no
   /// background task runs. Cancellation: a caller cancelled while waiting stops waiting
-  /// (operation_aborted); its settle is dropped if not yet sent, else completes unseen.
+  /// (operation_aborted); its settle is dropped if not yet sent, else completes unseen. A
+  /// caller cancelled while it sends a batch lets the batch finish (it carries the others'
+  /// settles), then gets operation_aborted; its own settle is applied.
   Task<Settle> settle_combined(const Lease& lease, const char* op, std::vector<std::string> extra) {
     auto me = std::make_shared<PendingSettle>(ex_);
     me->op = op;
@@ -514,7 +518,12 @@ class RedisQueue final : public JobQueue {
           argv.push_back(p->token);
           for (std::size_t i = 0; i < 3; ++i) argv.push_back(i < p->extra.size() ? std::move(p->extra[i]) : std::string());
         }
-        auto r = co_await eval(Script::settle_batch, std::move(argv));
+        // The batch carries other callers' settles: this caller's cancellation must not
+        // abort them (their settles would be applied but reported failed), so the call runs
+        // with no cancellation slot; a cancelled sender learns of it once it is done.
+        auto send = eval(Script::settle_batch, std::move(argv));
+        auto shielded = boost::asio::bind_cancellation_slot(boost::asio::cancellation_slot(), boost::asio::use_awaitable);
+        auto r = co_await boost::asio::co_spawn(ex_, std::move(send), shielded);
         if (!r.is_array() || r.elements.size() != batch.size()) throw error("unexpected settle_batch reply");
         for (std::size_t i = 0; i < batch.size(); ++i)
           batch[i]->result = r.elements[i].as_int() == 1 ? Settle::ok : Settle::stale;
@@ -535,6 +544,8 @@ class RedisQueue final : public JobQueue {
       next_sender_->wake.cancel();
     }
     if (failed) std::rethrow_exception(failed);
+    if ((co_await boost::asio::this_coro::cancellation_state).cancelled() != boost::asio::cancellation_type::none)
+      throw boost::system::system_error(boost::asio::error::operation_aborted);  // settled, unseen
     co_return me->result;
   }
 

@@ -468,22 +468,28 @@ elseif op == 'purge' then
       redis.call('ZREM', pair[1], id)
     end
   end
-  -- K_SUCC is in completion order: pop from the head while the head is older than the
-  -- cutoff (or no longer a succeeded job), stop at the first younger one. Workers' clocks
-  -- differ a little, so a job may wait behind a slightly younger one for the next purge.
+  -- K_SUCC is in completion order, by the clocks of the workers that completed the jobs.
+  -- Take chunks off the head, purge the old jobs, put the younger ones back at the head
+  -- in their order, and stop after a chunk with no old job: a job stamped by a worker
+  -- whose clock runs ahead then delays nothing behind it.
+  local kept = {}
   while true do
     local ids = redis.call('LRANGE', K_SUCC, 0, 199)
     if #ids == 0 then break end
-    local popped = 0
+    local any_old = false
     for _, id in ipairs(ids) do
       local h = redis.call('HMGET', jk(id), 'state', 'updated_at')
-      if h[1] == 'succeeded' and (tonumber(h[2]) or 0) > cutoff then break end
-      if h[1] == 'succeeded' then drop(id, 'succeeded') end
-      popped = popped + 1
+      if h[1] == 'succeeded' and (tonumber(h[2]) or 0) > cutoff then
+        kept[#kept + 1] = id
+      else
+        if h[1] == 'succeeded' then drop(id, 'succeeded') end
+        any_old = true
+      end
     end
-    if popped > 0 then redis.call('LPOP', K_SUCC, popped) end
-    if popped < #ids then break end
+    redis.call('LTRIM', K_SUCC, #ids, -1)
+    if not any_old then break end
   end
+  for i = #kept, 1, -1 do redis.call('LPUSH', K_SUCC, kept[i]) end
   return n
 elseif op == 'list' then
   local want, tg, tenant, limit = ARGV[4], ARGV[5] == '1', ARGV[6], tonumber(ARGV[7])
