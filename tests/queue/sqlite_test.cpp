@@ -249,6 +249,49 @@ TEST(SqliteQueue, Version2SettledIndexIsReplacedOnOpen) {
 // The idle fetcher sleeps until the earliest due job of ANY priority: a low-priority job
 // due soon is fetched although a higher priority holds a job due much later (the earliest
 // due time is read per priority from the claim index).
+// purge() deletes in transactions of 5,000 rows (a long history must not hold the write
+// lock for one whole scan); the total is every settled row older than the cutoff, and
+// nothing younger or live is touched.
+TEST(SqliteQueue, PurgeOfMoreRowsThanOneChunkRemovesThemAll) {
+  auto path = (TempDir::path() / "purge.db").string();
+  penguiflow::testing::run_async([](std::string u) -> Task<void> {
+    auto ex = co_await boost::asio::this_coro::executor;
+    auto q = co_await open_sqlite_queue(ex, u);
+    constexpr int kN = 12000;
+    std::vector<NewJob> jobs;
+    for (int i = 0; i < kN + 1; ++i) {
+      NewJob nj;
+      nj.flow = "f";
+      nj.tenant = "t";
+      jobs.push_back(std::move(nj));
+    }
+    co_await q->enqueue_bulk(std::move(jobs));
+    int settled = 0;
+    while (settled < kN) {
+      FetchRequest req;
+      req.max_jobs = std::min(500, kN - settled);
+      auto got = co_await q->fetch(req);
+      if (got.empty()) break;
+      for (auto& lj : got) {
+        if (settled % 2) {
+          co_await q->complete(lj.lease, nullptr, 0.0);
+        } else {
+          co_await q->fail(lj.lease, "broken", nullptr);
+        }
+        ++settled;
+      }
+    }
+    EXPECT_EQ(settled, kN);
+    EXPECT_EQ(co_await q->purge(3600), 0);  // nothing is an hour old yet
+    EXPECT_EQ(co_await q->purge(-1), kN);
+    auto c = co_await q->counts();
+    EXPECT_EQ(c.by_state["succeeded"], 0);
+    EXPECT_EQ(c.by_state["dead"], 0);
+    EXPECT_EQ(c.by_state["queued"], 1);  // the live job stays
+    co_await q->close();
+  }("sqlite://" + path), std::chrono::seconds(60));
+}
+
 TEST(SqliteQueue, Q5_EarliestDueAcrossPrioritiesWakesTheFetcher) {
   auto path = (TempDir::path() / "due.db").string();
   penguiflow::testing::run_async([](std::string u) -> Task<void> {

@@ -553,17 +553,28 @@ class SqliteQueue final : public JobQueue {
     co_return co_await on_db(std::move(fn11));
   }
 
+  /// In transactions of at most kPurgeChunk rows: succeeded rows are in no index, so the
+  /// delete scans the table, and one transaction over a large history would hold the write
+  /// lock (every claim and settle, of every process on the file) for the whole scan.
   Task<std::int64_t> purge(double older_than_s) override {
-    auto fn12 = [this, older_than_s](Db& db) {
-      WriteTxn txn(db);
-      auto s = db.prepare("DELETE FROM " + jobs_ +
-                          " WHERE ready_at IS NULL AND state IN ('succeeded', 'dead') AND updated_at < ?1");
-      s.bind(1, unix_now() - older_than_s).run();
-      auto n = db.changes();
-      txn.commit();
-      return n;
-    };
-    co_return co_await on_db(std::move(fn12));
+    const double cutoff = unix_now() - older_than_s;
+    std::int64_t total = 0;
+    for (;;) {
+      auto fn12 = [this, cutoff](Db& db) {
+        WriteTxn txn(db);
+        auto s = db.prepare("DELETE FROM " + jobs_ + " WHERE rowid IN (SELECT rowid FROM " + jobs_ +
+                            " WHERE ready_at IS NULL AND state IN ('succeeded', 'dead') AND updated_at < ?1 LIMIT " +
+                            std::to_string(kPurgeChunk) + ")");
+        s.bind(1, cutoff).run();
+        auto n = db.changes();
+        txn.commit();
+        return n;
+      };
+      const std::int64_t n = co_await on_db(std::move(fn12));
+      total += n;
+      if (n < kPurgeChunk) break;
+    }
+    co_return total;
   }
 
   Task<json::value> record_effect(std::string key, json::value value) override {
@@ -620,6 +631,8 @@ class SqliteQueue final : public JobQueue {
   static constexpr std::chrono::milliseconds kRecheck{2};
   /// Claims in a row that got rows before the -wal watch goes off (wal_armed()).
   static constexpr int kBusyClaims = 8;
+  /// Rows purge() deletes per write transaction.
+  static constexpr std::int64_t kPurgeChunk = 5000;
 
   // Fetchers waiting on an empty queue wake when another connection (another process,
   // another queue object) commits: every commit writes the -wal file, and inotify reports
