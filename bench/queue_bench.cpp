@@ -161,13 +161,18 @@ struct ProcessState {
   int stale = 0;
 };
 
+constexpr int kRefillSlots = 32;
+
 // One consumer: keeps up to `capacity` jobs in flight; fetches in batches as slots free.
 Task<void> consumer(JobQueue& q, ProcessState& st, int capacity, std::string owner) {
   auto ex = co_await asio::this_coro::executor;
   int inflight = 0;
   asio::steady_timer slot_free(ex);
   while (st.completed < st.total) {
-    if (inflight >= capacity) {
+    // Refill as the worker does: once 32 slots (or half of them) are free, or when nothing
+    // is in flight, so a fetch brings a batch rather than one job per finished one.
+    const int free_slots = capacity - inflight;
+    if (free_slots <= 0 || (inflight > 0 && free_slots < std::min(kRefillSlots, std::max(1, capacity / 2)))) {
       slot_free.expires_at(Clock::time_point::max());
       boost::system::error_code ec;
       co_await slot_free.async_wait(asio::redirect_error(asio::use_awaitable, ec));
