@@ -166,14 +166,14 @@ for backend, peers_, cs in (("redis", ["bullmq", "bee-queue"], (50, 200)), ("pos
     ospecs = []
     for c in cs:
         cmp = f"c={c}" if backend == "redis" else "1"
-        ospecs.append(("queue_bench", "process cpu", None, f"c={c}", cmp))
+        ospecs.append(("queue_bench", "process cpu", "process server cpu (--server-cpu-probe)", f"c={c}", cmp))
         for m in modes:
             v, _ = e2e(backend, c, m)
             if v:
                 ospecs.append(("worker_bench", "end-to-end cpu", "end-to-end server cpu (--server-cpu-probe)", v, cmp))
     cpu_rows(backend, specs, ospecs)
 print("\n\"peer total / ours\": the leanest peer at that concurrency over ours (Redis: client +")
-print("redis-server; SQLite: the one process). queue_bench reports no server CPU, so it gets no Redis ratio.")
+print("redis-server; SQLite: the one process).")
 
 if errors:
     print("\n## Failures\n")
@@ -304,7 +304,7 @@ for r in $(seq 1 "$RUNS"); do
       rflush; run bullmq node "$WORK/peers/bench_bullmq.mjs" --mode=throughput --n="$N" --concurrency="$c" --remove=0 --port="$REDIS_PORT"
       rflush; run bee-queue node "$WORK/peers/bench_beequeue.mjs" --mode=throughput --n="$N" --concurrency="$c" --remove=0 --port="$REDIS_PORT"
     done
-    rflush; run queue_bench "$QB" --queue "$REDIS_URL" --jobs "$N" --concurrency 50,200
+    rflush; run queue_bench "$QB" --queue "$REDIS_URL" --jobs "$N" --concurrency 50,200 --server-cpu-probe "$REDIS_CPU"
     for m in $MODES; do
       rflush; run worker_bench "$WB" --queue "$REDIS_URL" --jobs "$N" --concurrency 50,200 --mode "$m" --cases e2e --server-cpu-probe "$REDIS_CPU"
     done
@@ -317,7 +317,7 @@ for r in $(seq 1 "$RUNS"); do
     for m in $PGBOSS_MODES; do
       run pg-boss "$NODE22" "$WORK/peers-pg/bench_pgboss.mjs" --n "$N" --mode "$m" --rep "$r"
     done
-    pg_fresh; run queue_bench "$QB" --queue "$PG_URL" --jobs "$N" --concurrency 50,200
+    pg_fresh; run queue_bench "$QB" --queue "$PG_URL" --jobs "$N" --concurrency 50,200 --server-cpu-probe "$PG_CPU"
     for m in $MODES; do
       pg_fresh; run worker_bench "$WB" --queue "$PG_URL" --jobs "$N" --concurrency 50,200 --mode "$m" --cases e2e --server-cpu-probe "$PG_CPU"
     done
