@@ -972,8 +972,9 @@ TEST_F(RedisQueueTest, SettlesArrivingWhileBatchesAreInFlightAreEachSentOnce) {
   }());
 }
 
-// The 64th waiting settle sends a batch carrying the 63 others; cancelling that one
-// caller must not make the others' settles fail (they are applied either way).
+// The first settle, sent with none in flight, gathers the others that arrive while the
+// loop runs once and sends them all in one batch; cancelling that one caller must not make
+// the others' settles fail (they are applied either way).
 TEST_F(RedisQueueTest, CancellingTheSenderOfAPipelinedBatchFailsOnlyItsOwnCall) {
   penguiflow::testing::run_async([&]() -> Task<void> {
     auto ex = co_await asio::this_coro::executor;
@@ -1000,9 +1001,9 @@ TEST_F(RedisQueueTest, CancellingTheSenderOfAPipelinedBatchFailsOnlyItsOwnCall) 
       };
       asio::co_spawn(ex, one(), asio::bind_cancellation_slot(cancel[i].slot(), asio::detached));
     }
-    // All 65 have started: the first is sent alone, 63 wait, the 65th sends them.
+    // All 65 have started: the first is about to send, the others wait for it.
     co_await asio::post(ex, asio::use_awaitable);
-    cancel[kN - 1].emit(asio::cancellation_type::terminal);
+    cancel[0].emit(asio::cancellation_type::terminal);
     EXPECT_TRUE(co_await penguiflow::testing::eventually([&]() -> Task<bool> { co_return finished == kN; }));
     EXPECT_EQ(ok, kN - 1);
     EXPECT_EQ(aborted, 1);

@@ -9,6 +9,7 @@
 
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -448,7 +449,7 @@ class RedisQueue final : public JobQueue {
   /// complete / retry / fail, combined: while a settle is in flight on the connection,
   /// later ones wait and then go as ONE settle_batch script call (each fenced by its own
   /// lease token, Q3; each caller gets its own Settle). A settle issued with none in
-  /// flight is sent at once with the single settle script. Once kPipelineAt settles wait,
+  /// flight lets the event loop run once, then is sent with those that arrived meanwhile. Once kPipelineAt settles wait,
   /// they are sent at once as another batch, pipelined behind the one in flight: a worker
   /// whose jobs finish in a burst then frees its slots in steps, so its next fetch and the
   /// flows it runs overlap the server's work on the remaining settles instead of
@@ -465,8 +466,18 @@ class RedisQueue final : public JobQueue {
     me->token = lease.token;
     me->extra = std::move(extra);
     pending_settles_.push_back(me);
-    if ((settles_in_flight_ == 0 && !next_sender_) || pending_settles_.size() >= kPipelineAt) {
+    const bool idle = settles_in_flight_ == 0 && !next_sender_ && !gathering_;
+    if (idle || (!gathering_ && pending_settles_.size() >= kPipelineAt)) {
       me->leader = true;
+      if (idle) {
+        // Nothing in flight. The jobs of one fetch run side by side, so when the first
+        // finishes, the others' last steps are already queued on the loop: let them run
+        // once (one post) and take their settles along, instead of sending this one alone
+        // and the rest a round trip later (Redis worker_bench c=50 +15-20%).
+        gathering_ = true;
+        co_await boost::asio::post(ex_, boost::asio::use_awaitable);
+        gathering_ = false;
+      }
     } else {
       me->wake.expires_at(boost::asio::steady_timer::time_point::max());
       while (!me->done && !me->leader) {
@@ -600,6 +611,7 @@ class RedisQueue final : public JobQueue {
   static constexpr std::size_t kPipelineAt = 64;  // waiting settles that go without waiting more
   static constexpr std::size_t kMaxBatch = 128;   // bounds one script's run time and argument count
   int settles_in_flight_ = 0;                     // settle_combined() batches being sent
+  bool gathering_ = false;                        // an idle settle lets the loop run once first
   std::shared_ptr<PendingSettle> next_sender_;  // a waiter chosen to send the next batch
   std::deque<std::shared_ptr<PendingSettle>> pending_settles_;
 };
