@@ -318,6 +318,34 @@ TEST(SqliteQueue, Q5_EarliestDueAcrossPrioritiesWakesTheFetcher) {
   }("sqlite://" + path + "?poll_ms=60000"), std::chrono::seconds(20));
 }
 
+// Starts a fetch on `consumer` that finds the queue empty and sleeps, then enqueues a job
+// through `producer` (another connection, as another process would be) and expects the
+// fetch to return it well before the one-minute poll the tests set.
+Task<void> expect_waiting_fetch_wakes_on_commit(JobQueue& consumer, JobQueue& producer) {
+  auto ex = co_await boost::asio::this_coro::executor;
+  auto fetched = std::make_shared<int>(-1);  // -1: still waiting; else jobs fetched
+  auto fetch_one = [](JobQueue& q, std::shared_ptr<int> fetched) -> Task<void> {
+    FetchRequest req;
+    req.wait = std::chrono::milliseconds(20000);
+    auto got = co_await q.fetch(req);
+    *fetched = static_cast<int>(got.size());
+  };
+  boost::asio::co_spawn(ex, fetch_one(consumer, fetched), boost::asio::detached);
+  // Give the fetcher time to find the queue empty and sleep (were it slower, the test
+  // would pass without exercising the wake-up, never fail by it).
+  boost::asio::steady_timer t(ex, std::chrono::milliseconds(100));
+  co_await t.async_wait(boost::asio::use_awaitable);
+  EXPECT_EQ(*fetched, -1);
+  NewJob nj;
+  nj.flow = "f";
+  nj.tenant = "t";
+  co_await producer.enqueue(nj);
+  // Generous for a loaded machine, far below the one-minute poll and the fetch's wait.
+  auto check = [fetched]() -> Task<bool> { co_return *fetched != -1; };
+  EXPECT_TRUE(co_await penguiflow::testing::eventually(check, std::chrono::seconds(10)));
+  EXPECT_EQ(*fetched, 1);
+}
+
 // A fetcher waiting on an empty queue wakes when ANOTHER connection commits (here a second
 // queue object on the same file, as another process would be): the -wal file is watched,
 // so the pick-up does not wait for the poll (set to a minute here).
@@ -327,27 +355,7 @@ TEST(SqliteQueue, Q1_FetcherWakesOnAnotherConnectionsCommit) {
     auto ex = co_await boost::asio::this_coro::executor;
     auto consumer = co_await open_sqlite_queue(ex, u);
     auto producer = co_await open_sqlite_queue(ex, u);
-    auto fetched = std::make_shared<int>(-1);  // -1: still waiting; else jobs fetched
-    auto fetch_one = [](JobQueue& q, std::shared_ptr<int> fetched) -> Task<void> {
-      FetchRequest req;
-      req.wait = std::chrono::milliseconds(20000);
-      auto got = co_await q.fetch(req);
-      *fetched = static_cast<int>(got.size());
-    };
-    boost::asio::co_spawn(ex, fetch_one(*consumer, fetched), boost::asio::detached);
-    // Give the fetcher time to find the queue empty and sleep (were it slower, the test
-    // would pass without exercising the wake-up, never fail by it).
-    boost::asio::steady_timer t(ex, std::chrono::milliseconds(100));
-    co_await t.async_wait(boost::asio::use_awaitable);
-    EXPECT_EQ(*fetched, -1);
-    NewJob nj;
-    nj.flow = "f";
-    nj.tenant = "t";
-    co_await producer->enqueue(nj);
-    // Generous for a loaded machine, far below the one-minute poll and the fetch's wait.
-    auto check = [fetched]() -> Task<bool> { co_return *fetched != -1; };
-    EXPECT_TRUE(co_await penguiflow::testing::eventually(check, std::chrono::seconds(10)));
-    EXPECT_EQ(*fetched, 1);
+    co_await expect_waiting_fetch_wakes_on_commit(*consumer, *producer);
     co_await producer->close();
     co_await consumer->close();
   }("sqlite://" + path + "?poll_ms=60000"), std::chrono::seconds(40));
@@ -380,24 +388,7 @@ TEST(SqliteQueue, Q1_FetcherWakesOnAnotherConnectionsCommitAfterABusyStreak) {
         EXPECT_EQ(settled, Settle::ok);
       }
     }
-    auto fetched = std::make_shared<int>(-1);  // -1: still waiting; else jobs fetched
-    auto fetch_one = [](JobQueue& q, std::shared_ptr<int> fetched) -> Task<void> {
-      FetchRequest req;
-      req.wait = std::chrono::milliseconds(20000);
-      auto got = co_await q.fetch(req);
-      *fetched = static_cast<int>(got.size());
-    };
-    boost::asio::co_spawn(ex, fetch_one(*consumer, fetched), boost::asio::detached);
-    boost::asio::steady_timer t(ex, std::chrono::milliseconds(100));
-    co_await t.async_wait(boost::asio::use_awaitable);
-    EXPECT_EQ(*fetched, -1);
-    NewJob nj;
-    nj.flow = "f";
-    nj.tenant = "t";
-    co_await producer->enqueue(nj);
-    auto check = [fetched]() -> Task<bool> { co_return *fetched != -1; };
-    EXPECT_TRUE(co_await penguiflow::testing::eventually(check, std::chrono::seconds(10)));
-    EXPECT_EQ(*fetched, 1);
+    co_await expect_waiting_fetch_wakes_on_commit(*consumer, *producer);
     co_await producer->close();
     co_await consumer->close();
   }("sqlite://" + path + "?poll_ms=60000"), std::chrono::seconds(40));
