@@ -449,8 +449,9 @@ class RedisQueue final : public JobQueue {
   /// complete / retry / fail, combined: while a settle is in flight on the connection,
   /// later ones wait and then go as ONE settle_batch script call (each fenced by its own
   /// lease token, Q3; each caller gets its own Settle). A settle issued with none in
-  /// flight lets the event loop run once, then is sent with those that arrived meanwhile. Once kPipelineAt settles wait,
-  /// they are sent at once as another batch, pipelined behind the one in flight: a worker
+  /// flight lets the event loop run once, then is sent with those that arrived meanwhile.
+  /// Once kPipelineAt settles wait, they are sent at once as another batch, pipelined
+  /// behind the one in flight: a worker
   /// whose jobs finish in a burst then frees its slots in steps, so its next fetch and the
   /// flows it runs overlap the server's work on the remaining settles instead of
   /// alternating with it (measured: worker_bench e2e c=200 +30%). The caller that sends a

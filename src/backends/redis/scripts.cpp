@@ -81,7 +81,6 @@ end
 local function ready_rem(id, run_at, seq)
   redis.call('ZREM', K_READY, ready_member(id, run_at, seq))
 end
--- Wake-up tokens for idle fetchers blocked in BLPOP on K_WAKE (at most 16 kept).
 -- A K_LEASES entry -> token, expires_at, attempts, owner, tenant (nil when absent).
 local function lease_parse(rec)
   if not rec then return nil end
@@ -93,6 +92,7 @@ end
 local function lease_make(token, exp, att, owner, tenant)
   return token .. ' ' .. exp .. ' ' .. att .. ' ' .. #owner .. ' ' .. owner .. tenant
 end
+-- Wake-up tokens for idle fetchers blocked in BLPOP on K_WAKE (at most 16 kept).
 local function wake(n)
   if n > 0 then
     if n > 16 then n = 16 end
