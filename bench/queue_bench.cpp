@@ -10,7 +10,10 @@
 //   enqueue bulk    N no-op jobs in enqueue_bulk chunks of 1,000
 //   enqueue single  min(N, 10,000) jobs, each enqueue awaited before the next
 //   process c=C     N pre-enqueued no-op jobs, fetched in batches and completed by K
-//                   consumers (separate queue handles) with at most C jobs in flight
+//                   consumers (separate queue handles, C/K jobs in flight each). K by
+//                   default as the worker runs its fetch lanes: the backend's
+//                   JobQueue::fetch_lanes() (Redis 2, else 1), at most C/8; --consumers K
+//                   sets it (then the variant names it)
 //   latency         1,000 jobs enqueued ~1 ms apart to an idle consumer; enqueue call ->
 //                   fetch returned, p50 / p99 / max. "same handle": producer and consumer
 //                   share one queue object; "separate handle": two objects (like two
@@ -60,7 +63,7 @@ struct Options {
   std::string url;
   int jobs = 50000;
   std::vector<int> concurrency{1, 50, 200};
-  int consumers = 1;
+  int consumers = 0;  // 0: as the worker (fetch lanes)
   int runs = 1;
   int latency_jobs = 1000;
   std::string peer;
@@ -223,19 +226,22 @@ Task<void> bench_process(asio::any_io_executor ex, int concurrency) {
   auto cfg = fresh_config();
   std::vector<std::unique_ptr<JobQueue>> qs;
   // memory:// is one in-process queue per handle: its consumers share the one handle.
-  int handles = is_memory() ? 1 : g_opt.consumers;
-  for (int k = 0; k < handles; ++k) qs.push_back(co_await open_queue(ex, g_opt.url, cfg));
+  qs.push_back(co_await open_queue(ex, g_opt.url, cfg));
+  const int consumers =
+      g_opt.consumers > 0 ? g_opt.consumers : std::clamp(qs[0]->fetch_lanes(), 1, std::max(1, concurrency / 8));
+  const int handles = is_memory() ? 1 : consumers;
+  while (static_cast<int>(qs.size()) < handles) qs.push_back(co_await open_queue(ex, g_opt.url, cfg));
   co_await fill(*qs[0], g_opt.jobs);
   ProcessState st;
   st.total = g_opt.jobs;
-  int per = std::max(1, concurrency / g_opt.consumers);
+  int per = std::max(1, concurrency / consumers);
   const double server0 = penguiflow::bench::run_probe(g_opt.server_cpu_probe);
   double c0 = cpu_seconds();
   auto t0 = Clock::now();
-  auto done = std::make_shared<int>(g_opt.consumers);
+  auto done = std::make_shared<int>(consumers);
   asio::steady_timer all_done(ex);
   all_done.expires_at(Clock::time_point::max());
-  for (int k = 0; k < g_opt.consumers; ++k) {
+  for (int k = 0; k < consumers; ++k) {
     asio::co_spawn(ex, consumer(*qs[k % qs.size()], st, per, "bench-" + std::to_string(k)), [&, done](std::exception_ptr e) {
       if (e) {
         try {
@@ -252,7 +258,7 @@ Task<void> bench_process(asio::any_io_executor ex, int concurrency) {
   if (st.completed < st.total) throw std::runtime_error("process: the consumers ended before every job completed");
   double s = secs(st.t_last - t0);
   std::string variant = "c=" + std::to_string(concurrency);
-  if (g_opt.consumers > 1) variant += ", " + std::to_string(g_opt.consumers) + " consumers";
+  if (g_opt.consumers > 0) variant += ", " + std::to_string(consumers) + (consumers == 1 ? " consumer" : " consumers");
   record("process", variant, st.completed / s, "jobs/s");
   record("process cpu", variant, (st.cpu_last - c0) / st.completed * 1e6, "µs/job");
   if (!std::isnan(server0) && !std::isnan(st.server_last))

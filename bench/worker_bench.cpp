@@ -2,7 +2,7 @@
 // queue URL, in the table shape of ../shared/bench/peers so the numbers sit beside the
 // peers' "process" rows (bench/run_peers_side_by_side.sh does that in one run).
 //
-//   worker_bench --queue URL [--jobs 50000] [--concurrency 50[,200]] [--threads 1]
+//   worker_bench --queue URL [--jobs 50000] [--concurrency 50[,200]] [--threads 1] [--fetch-lanes 0]
 //                [--mode stateless|long-lived] [--runs R] [--cases e2e,idle,shutdown]
 //                [--idle-seconds 10] [--idle-probe CMD] [--server-cpu-probe CMD]
 //                [--drain-timeout 2] [--peer NAME]
@@ -66,6 +66,7 @@ struct Options {
   int jobs = 50000;
   std::vector<int> concurrency{50};
   int threads = 1;
+  int fetch_lanes = 0;  // 0: the backend's choice, as the worker's default
   worker::FlowMode mode = worker::FlowMode::stateless;
   int runs = 1;
   std::vector<std::string> cases{"e2e", "idle", "shutdown"};
@@ -200,6 +201,7 @@ worker::WorkerOptions worker_options(const std::string& ns, int concurrency) {
   o.queue_url = g_opt.url;
   o.concurrency = concurrency;
   o.threads = g_opt.threads;
+  o.fetch_lanes = g_opt.fetch_lanes;
   o.mode = g_opt.mode;
   o.handle_signals = false;
   o.queue_config = config_for(ns);
@@ -405,7 +407,7 @@ bool in_child(const std::string& what, F fn) {
 
 [[noreturn]] void usage(const std::string& why) {
   std::cerr << (why.empty() ? "" : "worker_bench: " + why + "\n")
-            << "usage: worker_bench --queue URL [--jobs 50000] [--concurrency 50[,200]] [--threads 1]\n"
+            << "usage: worker_bench --queue URL [--jobs 50000] [--concurrency 50[,200]] [--threads 1] [--fetch-lanes 0]\n"
                "                    [--mode stateless|long-lived] [--runs R] [--cases e2e,idle,shutdown]\n"
                "                    [--idle-seconds 10] [--idle-probe CMD] [--server-cpu-probe CMD]\n"
                "                    [--drain-timeout 2] [--peer NAME]\n";
@@ -433,6 +435,7 @@ int main(int argc, char** argv) {
       if (a == "--queue") g_opt.url = next();
       else if (a == "--jobs") g_opt.jobs = std::max(1, std::stoi(next()));
       else if (a == "--threads") g_opt.threads = std::max(1, std::stoi(next()));
+      else if (a == "--fetch-lanes") g_opt.fetch_lanes = std::max(0, std::stoi(next()));
       else if (a == "--runs") g_opt.runs = std::max(1, std::stoi(next()));
       else if (a == "--idle-seconds") g_opt.idle_seconds = std::stod(next());
       else if (a == "--idle-probe") g_opt.idle_probe = next();

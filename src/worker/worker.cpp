@@ -157,11 +157,25 @@ struct Worker::State {
 
 namespace {
 
+/// A fetch lane: one queue handle, its share of the shard's slots and a fetch loop. A
+/// backend that answers one connection's requests in order (Redis) leaves the server idle
+/// while the worker works through a reply when a shard has one lane; two lanes keep one
+/// lane's fetch or settle at the server while the other's jobs run (JobQueue::fetch_lanes).
+struct Lane {
+  explicit Lane(asio::any_io_executor ex) : wake(ex) {}
+  std::unique_ptr<JobQueue> queue;
+  int slots = 0;     // jobs in flight at most (its share of the concurrency)
+  int inflight = 0;
+  int settling = 0;  // jobs whose settle call is in flight (their slots free soon)
+  Wakeup wake;       // a slot freed, or stop
+};
+
 struct InFlight;
 using Deadlines = std::multimap<double, InFlight*>;  // monotonic time -> job (W3 bounds)
 
 struct InFlight {
   LeasedJob lj;
+  Lane* lane = nullptr;  // whose queue handle fetched it (and settles it)
   std::string trace;
   JobContext jc;
   asio::cancellation_signal cancel;
@@ -208,11 +222,14 @@ class Shard : public std::enable_shared_from_this<Shard> {
     asio::post(io_, [self = shared_from_this()] {
       self->stopping_ = true;
       self->wake_.notify();
+      for (auto& l : self->lanes_) l->wake.notify();
     });
   }
 
  private:
   Task<void> main();
+  Task<void> fetch_loop(Lane& lane);
+  Task<std::unique_ptr<JobQueue>> open_one(queue::QueueConfig cfg);
   Task<void> run_job(std::shared_ptr<InFlight> f);
   Task<RunResult> execute(InFlight& f, const FlowEntry& entry);
   Task<RunResult> await_result(Flow& flow, const std::string& trace, const FinalPredicate& is_final);
@@ -235,11 +252,13 @@ class Shard : public std::enable_shared_from_this<Shard> {
   Wakeup gauges_;
   Wakeup deadline_wake_;  // notified when an earlier bound is armed, and at the end
   Deadlines deadlines_;
-  std::unique_ptr<JobQueue> queue_;
+  std::vector<std::unique_ptr<Lane>> lanes_;
+  int loops_running_ = 0;  // fetch loops not yet returned
   bool stopping_ = false;
   bool done_ = false;
-  int inflight_ = 0;
-  int settling_ = 0;  // jobs whose settle call is in flight (their slots free soon)
+  int inflight_ = 0;  // every lane's
+  // A lane gets at least this many slots: fewer would split small batches further.
+  static constexpr int kMinLaneSlots = 8;
   static constexpr double kMaxCoalesceS = 0.05;
   // Refill once this many slots are free (or half of them, when fewer): waiting for half
   // of 200 slots left the connection idle between rounds (Redis, c=200: ~20% fewer jobs/s).
@@ -291,6 +310,12 @@ void Shard::report(const InFlight& f, Outcome o, std::string reason) {
   }
 }
 
+Task<std::unique_ptr<JobQueue>> Shard::open_one(queue::QueueConfig cfg) {
+  auto ex = co_await asio::this_coro::executor;
+  if (opts_.open_queue) co_return co_await opts_.open_queue(ex, std::move(cfg));
+  co_return co_await queue::open_queue(ex, opts_.queue_url, std::move(cfg));
+}
+
 Task<void> Shard::main() {
   auto ex = co_await asio::this_coro::executor;
   queue::QueueConfig cfg = opts_.queue_config;
@@ -298,100 +323,51 @@ Task<void> Shard::main() {
     const FlowRegistry* flows = &st_.flows;
     cfg.flow_known = [flows](std::string_view name) { return flows->contains(name); };
   }
+  std::string open_error;
   try {
-    if (opts_.open_queue) queue_ = co_await opts_.open_queue(ex, cfg);
-    else queue_ = co_await queue::open_queue(ex, opts_.queue_url, cfg);
+    auto first = std::make_unique<Lane>(ex);
+    first->queue = co_await open_one(cfg);
+    lanes_.push_back(std::move(first));
+    int n = opts_.fetch_lanes > 0 ? opts_.fetch_lanes : lanes_[0]->queue->fetch_lanes();
+    n = std::clamp(n, 1, std::max(1, opts_.concurrency / kMinLaneSlots));
+    while (static_cast<int>(lanes_.size()) < n) {
+      auto l = std::make_unique<Lane>(ex);
+      l->queue = co_await open_one(cfg);
+      lanes_.push_back(std::move(l));
+    }
   } catch (const std::exception& e) {
-    st_.set_error(e.what());
-    log_record(LogLevel::error, "queue_open_failed", {{"shard", index_}, {"error", e.what()}});
+    open_error = e.what();
+  }
+  if (!open_error.empty()) {
+    st_.set_error(open_error);
+    log_record(LogLevel::error, "queue_open_failed", {{"shard", index_}, {"error", open_error}});
+    for (auto& l : lanes_) co_await l->queue->close();
+    lanes_.clear();
     st_.request_stop();
     co_return;
   }
+  const int n = static_cast<int>(lanes_.size());
+  for (int i = 0; i < n; ++i) lanes_[i]->slots = opts_.concurrency / n + (i < opts_.concurrency % n ? 1 : 0);
   asio::co_spawn(ex, heartbeats(), asio::detached);
   asio::co_spawn(ex, deadline_watch(), asio::detached);
   if (opts_.metrics && index_ == 0) asio::co_spawn(ex, refresh_gauges(), asio::detached);
 
-  double fetch_backoff = 0.05;
-  double coalesce_until = 0;  // > 0: free slots are waiting for the jobs being settled
-  while (!stopping_) {
-    int free = opts_.concurrency - inflight_;
-    if (free <= 0) {
-      co_await wake_.wait_for(1.0);
-      continue;
-    }
-    // Refill in batches: while fewer than kCoalesceSlots slots (or half of them) are free
-    // and some jobs are being settled (they free their slots within a settle round trip),
-    // wait for them, so that one fetch round trip brings a batch instead of one job per
-    // finished job (a backend that serializes statements on one connection would queue
-    // that fetch behind the settles anyway). Bounded, so a slow settle cannot starve free
-    // slots.
-    if (settling_ > 0 && free < std::max(1, std::min(opts_.concurrency / 2, kCoalesceSlots))) {
-      const double now = mono_s();
-      if (coalesce_until == 0) coalesce_until = now + kMaxCoalesceS;
-      if (now < coalesce_until) {
-        co_await wake_.wait_for(coalesce_until - now);
-        continue;
-      }
-    }
-    coalesce_until = 0;
-    std::vector<LeasedJob> jobs;
-    bool failed = false;
-    try {
-      // At most half the slots a fetch: two cohorts then take turns, one running its flows
-      // while the other is settled and refilled, instead of every slot waiting for one
-      // round trip after the other (Redis c=50: fetch, run, settle in lockstep; +10% e2e).
-      const int max_jobs = std::min(free, std::max(1, (opts_.concurrency + 1) / 2));
-      queue::FetchRequest req{max_jobs, opts_.fetch_wait, std::chrono::milliseconds(std::int64_t(opts_.lease_s * 1000)),
-                              st_.opts.worker_id};
-      jobs = co_await queue_->fetch(std::move(req));
-      fetch_backoff = 0.05;
-    } catch (const std::exception& e) {
-      // The backend reconnects on the next call; back off so a dead server is not hammered.
-      log_record(LogLevel::warn, "fetch_failed", {{"shard", index_}, {"error", e.what()}, {"retry_in_s", fetch_backoff}});
-      failed = true;
-    }
-    if (failed) {
-      co_await wake_.wait_for(fetch_backoff);
-      fetch_backoff = std::min(fetch_backoff * 2, 5.0);
-      continue;
-    }
-    if (jobs.empty()) {
-      if (opts_.exit_when_empty && inflight_ == 0) {
-        bool empty = false;
+  loops_running_ = n;
+  for (auto& l : lanes_)
+    asio::co_spawn(ex, fetch_loop(*l), [self = shared_from_this()](std::exception_ptr e) {
+      if (e) {
         try {
-          auto c = co_await queue_->depth();  // never the succeeded history
-          empty = c.by_state["queued"] + c.by_state["running"] == 0;
-        } catch (const std::exception&) {
+          std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+          self->st_.set_error(ex.what());
+          log_record(LogLevel::error, "fetch_loop_crashed", {{"shard", self->index_}, {"error", ex.what()}});
         }
-        if (empty) st_.request_stop();
+        self->st_.request_stop();
       }
-      continue;
-    }
-    for (auto& lj : jobs) {
-      auto f = std::make_shared<InFlight>();
-      f->lj = std::move(lj);
-      f->trace = "job-" + f->lj.job.id;
-      f->jc = JobContext{&f->lj.job, queue_.get(), opts_.worker_id};
-      f->started = f->last_beat = mono_s();
-      ++inflight_;
-      ++st_.fetched;
-      ++st_.in_flight;
-      jobs_[f->lj.job.id] = f;
-      asio::co_spawn(ex, run_job(f), asio::bind_cancellation_slot(f->cancel.slot(), [self = shared_from_this(), f](std::exception_ptr e) {
-                       if (e) {
-                         try {
-                           std::rethrow_exception(e);
-                         } catch (const std::exception& ex) {
-                           log_record(LogLevel::error, "job_coroutine_failed", {{"job_id", f->lj.job.id}, {"error", ex.what()}});
-                         }
-                       }
-                       self->jobs_.erase(f->lj.job.id);
-                       --self->inflight_;
-                       --self->st_.in_flight;
-                       self->wake_.notify();
-                     }));
-    }
-  }
+      --self->loops_running_;
+      self->wake_.notify();
+    });
+  while (loops_running_ > 0) co_await wake_.wait_for(1.0);
 
   // W9: stop fetching (done), drain within the timeout, then hand back what is left.
   double deadline = mono_s() + opts_.drain_timeout_s;
@@ -411,7 +387,96 @@ Task<void> Shard::main() {
   deadline_wake_.notify();
   for (auto& [_, lf] : live_) co_await lf->flow->stop();
   live_.clear();
-  co_await queue_->close();
+  for (auto& l : lanes_) co_await l->queue->close();
+}
+
+Task<void> Shard::fetch_loop(Lane& lane) {
+  auto ex = co_await asio::this_coro::executor;
+  double fetch_backoff = 0.05;
+  double coalesce_until = 0;  // > 0: free slots are waiting for the jobs being settled
+  while (!stopping_) {
+    int free = lane.slots - lane.inflight;
+    if (free <= 0) {
+      co_await lane.wake.wait_for(1.0);
+      continue;
+    }
+    // Refill in batches: while fewer than kCoalesceSlots slots (or half of them) are free
+    // and some jobs are being settled (they free their slots within a settle round trip),
+    // wait for them, so that one fetch round trip brings a batch instead of one job per
+    // finished job (a backend that serializes statements on one connection would queue
+    // that fetch behind the settles anyway). Bounded, so a slow settle cannot starve free
+    // slots.
+    if (lane.settling > 0 && free < std::max(1, std::min(lane.slots / 2, kCoalesceSlots))) {
+      const double now = mono_s();
+      if (coalesce_until == 0) coalesce_until = now + kMaxCoalesceS;
+      if (now < coalesce_until) {
+        co_await lane.wake.wait_for(coalesce_until - now);
+        continue;
+      }
+    }
+    coalesce_until = 0;
+    std::vector<LeasedJob> jobs;
+    bool failed = false;
+    try {
+      // At most half the slots a fetch: two cohorts then take turns, one running its flows
+      // while the other is settled and refilled, instead of every slot waiting for one
+      // round trip after the other (Redis c=50: fetch, run, settle in lockstep; +10% e2e).
+      const int max_jobs = std::min(free, std::max(1, (lane.slots + 1) / 2));
+      queue::FetchRequest req{max_jobs, opts_.fetch_wait, std::chrono::milliseconds(std::int64_t(opts_.lease_s * 1000)),
+                              st_.opts.worker_id};
+      jobs = co_await lane.queue->fetch(std::move(req));
+      fetch_backoff = 0.05;
+    } catch (const std::exception& e) {
+      // The backend reconnects on the next call; back off so a dead server is not hammered.
+      log_record(LogLevel::warn, "fetch_failed", {{"shard", index_}, {"error", e.what()}, {"retry_in_s", fetch_backoff}});
+      failed = true;
+    }
+    if (failed) {
+      co_await lane.wake.wait_for(fetch_backoff);
+      fetch_backoff = std::min(fetch_backoff * 2, 5.0);
+      continue;
+    }
+    if (jobs.empty()) {
+      if (opts_.exit_when_empty && inflight_ == 0) {
+        bool empty = false;
+        try {
+          auto c = co_await lane.queue->depth();  // never the succeeded history
+          empty = c.by_state["queued"] + c.by_state["running"] == 0;
+        } catch (const std::exception&) {
+        }
+        if (empty) st_.request_stop();
+      }
+      continue;
+    }
+    for (auto& lj : jobs) {
+      auto f = std::make_shared<InFlight>();
+      f->lj = std::move(lj);
+      f->lane = &lane;
+      f->trace = "job-" + f->lj.job.id;
+      f->jc = JobContext{&f->lj.job, lane.queue.get(), opts_.worker_id};
+      f->started = f->last_beat = mono_s();
+      ++inflight_;
+      ++lane.inflight;
+      ++st_.fetched;
+      ++st_.in_flight;
+      jobs_[f->lj.job.id] = f;
+      asio::co_spawn(ex, run_job(f), asio::bind_cancellation_slot(f->cancel.slot(), [self = shared_from_this(), f](std::exception_ptr e) {
+                       if (e) {
+                         try {
+                           std::rethrow_exception(e);
+                         } catch (const std::exception& ex) {
+                           log_record(LogLevel::error, "job_coroutine_failed", {{"job_id", f->lj.job.id}, {"error", ex.what()}});
+                         }
+                       }
+                       self->jobs_.erase(f->lj.job.id);
+                       --self->inflight_;
+                       --f->lane->inflight;
+                       --self->st_.in_flight;
+                       f->lane->wake.notify();
+                       self->wake_.notify();
+                     }));
+    }
+  }
 }
 
 Task<void> Shard::heartbeats() {
@@ -426,7 +491,7 @@ Task<void> Shard::heartbeats() {
       if (now - f->last_beat >= every && !f->lease_lost) due.push_back(f);
     for (auto& f : due) {
       try {
-        auto r = co_await queue_->heartbeat(f->lj.lease, std::chrono::milliseconds(std::int64_t(opts_.lease_s * 1000)));
+        auto r = co_await f->lane->queue->heartbeat(f->lj.lease, std::chrono::milliseconds(std::int64_t(opts_.lease_s * 1000)));
         f->last_beat = mono_s();
         if (r == Settle::stale) {
           // Taken over (expired and re-leased) or cancelled by an operator: stop working on it.
@@ -474,11 +539,11 @@ Task<void> Shard::refresh_gauges() {
   auto& reg = *opts_.metrics;
   while (!done_) {
     try {
-      auto c = co_await queue_->depth();  // never the succeeded history (counts() may scan it)
+      auto c = co_await lanes_[0]->queue->depth();  // never the succeeded history (counts() may scan it)
       for (auto* s : {"queued", "running", "dead"})
         reg.gauge("penguiflow_queue_depth", "Jobs in the queue by state", {{"state", s}}).set(double(c.by_state[s]));
       queue::ListFilter filter{queue::JobState::queued, std::nullopt, 200};
-      auto queued = co_await queue_->list(std::move(filter));
+      auto queued = co_await lanes_[0]->queue->list(std::move(filter));
       double oldest = 0, now = queue::unix_now();
       for (auto& j : queued)
         if (j.run_at <= now) oldest = std::max(oldest, now - j.run_at);
@@ -630,9 +695,9 @@ Task<void> Shard::run_job(std::shared_ptr<InFlight> f) {
     r.reason = "unknown flow '" + job.flow + "'";
   }
   detail::unbind_job(f->trace);
-  ++settling_;
+  ++f->lane->settling;
   co_await settle(*f, std::move(r));
-  --settling_;  // settle() does not throw
+  --f->lane->settling;  // settle() does not throw
 }
 
 Task<void> Shard::settle(InFlight& f, RunResult r) {
@@ -643,7 +708,7 @@ Task<void> Shard::settle(InFlight& f, RunResult r) {
         report(f, Outcome::lease_lost, "lease lost (expired and taken over, or cancelled)");
       } else {
         // W9: hand the lease back so another worker picks the job up at once.
-        co_await queue_->retry(f.lj.lease, 0, "worker shutdown before the job finished");
+        co_await f.lane->queue->retry(f.lj.lease, 0, "worker shutdown before the job finished");
         report(f, Outcome::handed_back, "worker shutdown");
       }
       co_return;
@@ -653,12 +718,12 @@ Task<void> Shard::settle(InFlight& f, RunResult r) {
     Outcome o;
     std::string reason;
     if (r.kind == RunResult::success) {
-      s = co_await queue_->complete(f.lj.lease, std::move(r.result), latency);
+      s = co_await f.lane->queue->complete(f.lj.lease, std::move(r.result), latency);
       o = Outcome::succeeded;
     } else if (!r.permanent && job.attempts < job.max_attempts) {
       double delay = retry_delay(opts_, job.attempts);
       reason = r.reason;
-      s = co_await queue_->retry(f.lj.lease, delay, r.reason);
+      s = co_await f.lane->queue->retry(f.lj.lease, delay, r.reason);
       o = r.kind == RunResult::timeout ? Outcome::timeout_retried : Outcome::retried;
     } else {
       json::object details = std::move(r.details);
@@ -666,7 +731,7 @@ Task<void> Shard::settle(InFlight& f, RunResult r) {
       details["max_attempts"] = job.max_attempts;
       details["worker_id"] = opts_.worker_id;
       reason = r.permanent ? r.reason : r.reason + " (after " + std::to_string(job.attempts) + " attempts)";
-      s = co_await queue_->fail(f.lj.lease, reason, std::move(details));
+      s = co_await f.lane->queue->fail(f.lj.lease, reason, std::move(details));
       o = Outcome::dead;
     }
     if (s == Settle::stale) report(f, Outcome::lease_lost, "lease expired before settle: " + reason);
@@ -684,6 +749,7 @@ Task<void> Shard::settle(InFlight& f, RunResult r) {
 Worker::Worker(FlowRegistry flows, WorkerOptions options) : state_(std::make_shared<State>()) {
   if (options.concurrency < 1) throw std::invalid_argument("--concurrency must be at least 1 (got " + std::to_string(options.concurrency) + ")");
   if (options.threads < 1) throw std::invalid_argument("--threads must be at least 1 (got " + std::to_string(options.threads) + ")");
+  if (options.fetch_lanes < 0) throw std::invalid_argument("--fetch-lanes must not be negative (got " + std::to_string(options.fetch_lanes) + ")");
   if (options.lease_s <= 0) throw std::invalid_argument("lease must be positive");
   if (options.job_timeout_s <= 0) throw std::invalid_argument("--job-timeout must be positive");
   if (options.drain_timeout_s < 0) throw std::invalid_argument("--drain-timeout must not be negative");

@@ -11,6 +11,8 @@
 #include <boost/json/serialize.hpp>
 
 #include <atomic>
+#include <mutex>
+#include <set>
 #include <filesystem>
 #include <fstream>
 #include <thread>
@@ -114,6 +116,78 @@ Flow make_echo_flow() {
   });
   return Flow({echo.to()});
 }
+
+/// A real queue handle that records, per handle, which jobs it fetched, how many of them
+/// were in flight at most, and whether every settle came through the handle that fetched
+/// the job. `lanes` is what it reports as its backend's fetch_lanes().
+struct LaneProbe {
+  std::mutex mu;
+  int handles = 0;
+  int lanes = 1;
+  std::vector<int> max_in_flight;
+  int foreign_settles = 0;  // a job settled through a handle that did not fetch it
+  int settles = 0;
+};
+
+class ProbedQueue final : public queue::JobQueue {
+ public:
+  ProbedQueue(std::unique_ptr<queue::JobQueue> q, LaneProbe& p) : q_(std::move(q)), p_(p) {
+    std::lock_guard l(p_.mu);
+    index_ = p_.handles++;
+    p_.max_in_flight.push_back(0);
+  }
+  Task<queue::EnqueueResult> enqueue(NewJob j) override { co_return co_await q_->enqueue(std::move(j)); }
+  Task<std::vector<queue::EnqueueResult>> enqueue_bulk(std::vector<NewJob> js) override {
+    co_return co_await q_->enqueue_bulk(std::move(js));
+  }
+  Task<std::vector<queue::LeasedJob>> fetch(queue::FetchRequest req) override {
+    auto got = co_await q_->fetch(std::move(req));
+    std::lock_guard l(p_.mu);
+    for (auto& lj : got) mine_.insert(lj.job.id);
+    p_.max_in_flight[index_] = std::max(p_.max_in_flight[index_], static_cast<int>(mine_.size()));
+    co_return got;
+  }
+  Task<queue::Settle> complete(const queue::Lease& l, json::value r, double s) override {
+    settled(l);
+    co_return co_await q_->complete(l, std::move(r), s);
+  }
+  Task<queue::Settle> retry(const queue::Lease& l, double d, std::string why) override {
+    settled(l);
+    co_return co_await q_->retry(l, d, std::move(why));
+  }
+  Task<queue::Settle> fail(const queue::Lease& l, std::string why, json::value d) override {
+    settled(l);
+    co_return co_await q_->fail(l, std::move(why), std::move(d));
+  }
+  Task<queue::Settle> heartbeat(queue::Lease& l, std::chrono::milliseconds e) override { co_return co_await q_->heartbeat(l, e); }
+  Task<queue::Counts> counts() override { co_return co_await q_->counts(); }
+  Task<queue::Counts> depth() override { co_return co_await q_->depth(); }
+  Task<std::vector<Job>> list(queue::ListFilter f) override { co_return co_await q_->list(std::move(f)); }
+  Task<std::optional<Job>> get(std::string id, std::optional<std::string> t) override {
+    co_return co_await q_->get(std::move(id), std::move(t));
+  }
+  Task<std::int64_t> requeue_dead(std::vector<std::string> ids, std::optional<std::string> t) override {
+    co_return co_await q_->requeue_dead(std::move(ids), std::move(t));
+  }
+  Task<bool> cancel(std::string id, std::optional<std::string> t) override { co_return co_await q_->cancel(std::move(id), std::move(t)); }
+  Task<std::int64_t> purge(double s) override { co_return co_await q_->purge(s); }
+  Task<json::value> record_effect(std::string k, json::value v) override { co_return co_await q_->record_effect(std::move(k), std::move(v)); }
+  Task<std::optional<json::value>> lookup_effect(std::string k) override { co_return co_await q_->lookup_effect(std::move(k)); }
+  Task<void> close() override { co_await q_->close(); }
+  std::string describe() const override { return q_->describe(); }
+  int fetch_lanes() const override { return p_.lanes; }
+
+ private:
+  void settled(const queue::Lease& l) {
+    std::lock_guard g(p_.mu);
+    ++p_.settles;
+    if (mine_.erase(l.job_id) == 0) ++p_.foreign_settles;
+  }
+  std::unique_ptr<queue::JobQueue> q_;
+  LaneProbe& p_;
+  int index_ = 0;
+  std::set<std::string> mine_;  // fetched through this handle, not yet settled
+};
 
 }  // namespace
 
@@ -387,6 +461,42 @@ TEST_F(WorkerTest, W13_QuickstartAndRoadmapRunAsJobs) {
   Job r = get(ids[1]);
   ASSERT_EQ(r.state, JobState::succeeded) << r.reason;
   EXPECT_TRUE(r.result.as_object().contains("text")) << json::serialize(r.result);
+}
+
+TEST_F(WorkerTest, FetchLanesShareTheSlotsAndSettleThroughTheirOwnHandle) {
+  // (lanes asked for or the backend's choice, concurrency) -> handles a shard opens: a lane
+  // gets at least 8 slots, so 12 slots make one lane whatever is asked.
+  struct Case {
+    int option, backend, concurrency, handles;
+  };
+  for (Case c : {Case{0, 2, 16, 2}, Case{2, 1, 16, 2}, Case{0, 1, 16, 1}, Case{3, 1, 12, 1}}) {
+    SCOPED_TRACE("fetch_lanes " + std::to_string(c.option) + ", backend " + std::to_string(c.backend) + ", concurrency " +
+                 std::to_string(c.concurrency));
+    std::vector<NewJob> jobs;
+    for (int i = 0; i < 200; ++i) jobs.push_back(job("flaky", json::object{{"sleep_ms", 2}}));
+    enqueue(jobs);
+    LaneProbe probe;
+    probe.lanes = c.backend;
+    auto o = options();
+    o.concurrency = c.concurrency;
+    o.fetch_lanes = c.option;
+    o.open_queue = [&probe, url = url_](asio::any_io_executor ex, queue::QueueConfig cfg) -> Task<std::unique_ptr<queue::JobQueue>> {
+      auto q = co_await queue::open_queue(ex, url, std::move(cfg));
+      co_return std::make_unique<ProbedQueue>(std::move(q), probe);
+    };
+    FlowRegistry flows;
+    flows.add("flaky", [] { return examples::make_flaky_flow(); });
+    Worker w(std::move(flows), o);
+    EXPECT_EQ(run(w), 0);
+    EXPECT_EQ(w.stats().succeeded, 200u);
+    EXPECT_EQ(probe.handles, c.handles);
+    EXPECT_EQ(probe.settles, 200);
+    EXPECT_EQ(probe.foreign_settles, 0);
+    for (int h = 0; h < probe.handles; ++h) {
+      EXPECT_GT(probe.max_in_flight[h], 0) << "handle " << h << " fetched nothing";
+      EXPECT_LE(probe.max_in_flight[h], c.concurrency / c.handles) << "handle " << h;
+    }
+  }
 }
 
 TEST_F(WorkerTest, BadOptionsAreRefusedNamingTheFlag) {

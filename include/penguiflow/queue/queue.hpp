@@ -184,6 +184,12 @@ class JobQueue {
 
   /// The URL it was opened with, password redacted.
   virtual std::string describe() const = 0;
+
+  /// How many handles a worker shard should fetch through at once to keep this backend
+  /// busy (each with its own fetch loop and share of the slots). 1 by default. Redis says
+  /// 2: it answers one connection's requests in order and is single-threaded, so with one
+  /// fetch stream the server waits while the worker works through a reply.
+  virtual int fetch_lanes() const { return 1; }
 };
 
 /// Opens a queue by URL: memory://, sqlite:///path (sqlite://./rel), postgresql://...,

@@ -87,6 +87,8 @@ struct WorkerOptions {
   std::string queue_url = "sqlite://./penguiflow.db";
   int concurrency = 16;                   // jobs in flight per shard
   int threads = 1;                        // shards
+  int fetch_lanes = 0;                    // queue handles (fetch loops) per shard; 0: the backend's choice
+                                          // (JobQueue::fetch_lanes), at most concurrency / 8
   FlowMode mode = FlowMode::stateless;
   int rebuild_after_jobs = 10000;         // long-lived: rebuild the flow after N jobs
   int rebuild_after_failures = 50;        // ... or after M failed jobs (any unexpected error rebuilds at once)
@@ -104,7 +106,8 @@ struct WorkerOptions {
   queue::QueueConfig queue_config{};      // flow_known is filled from the registry
   observe::Registry* metrics = nullptr;   // W10: jobs / node metrics go here when set
   std::function<void(const JobReport&)> on_report;  // called on the shard's thread
-  /// Opens the shard's queue; default: queue::open_queue(ex, queue_url, config).
+  /// Opens one of the shard's queue handles (one per fetch lane); default:
+  /// queue::open_queue(ex, queue_url, config).
   std::function<queue::Task<std::unique_ptr<queue::JobQueue>>(boost::asio::any_io_executor, queue::QueueConfig)>
       open_queue;
 };

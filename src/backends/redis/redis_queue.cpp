@@ -385,6 +385,7 @@ class RedisQueue final : public JobQueue {
   }
 
   std::string describe() const override { return ep_.redacted; }
+  int fetch_lanes() const override { return 2; }
 
  private:
   QueueError error(const std::string& why) const { return QueueError("redis queue " + ep_.redacted + ": " + why); }
