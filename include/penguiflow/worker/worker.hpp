@@ -8,7 +8,8 @@
 //   return worker.run();   // blocks; SIGTERM / SIGINT drain and return 0
 //
 // Concurrency (DESIGN.md): `threads` shards, each an event loop with its own queue
-// connection and flows; `concurrency` jobs in flight per shard. Shards share nothing but
+// handles (fetch lanes: the backend's JobQueue::fetch_lanes(), each with a share of the
+// slots) and flows; `concurrency` jobs in flight per shard. Shards share nothing but
 // atomics (stats, metrics) and the stop request.
 #pragma once
 
