@@ -254,6 +254,8 @@ class Shard : public std::enable_shared_from_this<Shard> {
   Deadlines deadlines_;
   std::vector<std::unique_ptr<Lane>> lanes_;
   int loops_running_ = 0;  // fetch loops not yet returned
+  Lane* watcher_ = nullptr;  // the lane waiting for work for an idle shard (fetch_loop)
+  static constexpr double kParkedRecheckS = 5;  // a parked lane looks for itself this often
   bool stopping_ = false;
   bool done_ = false;
   int inflight_ = 0;  // every lane's
@@ -446,7 +448,21 @@ Task<void> Shard::fetch_loop(Lane& lane) {
         }
         if (empty) st_.request_stop();
       }
+      // An idle shard waits for work through one lane (the watcher): the others park
+      // until it finds some, so idle load does not grow with the lanes. The watcher has
+      // free slots while it watches: it only fills up by fetching, which wakes them.
+      if (stopping_) break;
+      if (watcher_ && watcher_ != &lane) {
+        co_await lane.wake.wait_for(kParkedRecheckS);
+      } else {
+        watcher_ = &lane;
+      }
       continue;
+    }
+    if (watcher_ == &lane) {  // work again: every lane fetches
+      watcher_ = nullptr;
+      for (auto& l : lanes_)
+        if (l.get() != &lane) l->wake.notify();
     }
     for (auto& lj : jobs) {
       auto f = std::make_shared<InFlight>();

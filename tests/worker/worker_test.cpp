@@ -125,6 +125,7 @@ struct LaneProbe {
   int handles = 0;
   int lanes = 1;
   std::vector<int> max_in_flight;
+  std::vector<int> fetches;
   int foreign_settles = 0;  // a job settled through a handle that did not fetch it
   int settles = 0;
 };
@@ -135,6 +136,7 @@ class ProbedQueue final : public queue::JobQueue {
     std::lock_guard l(p_.mu);
     index_ = p_.handles++;
     p_.max_in_flight.push_back(0);
+    p_.fetches.push_back(0);
   }
   Task<queue::EnqueueResult> enqueue(NewJob j) override { co_return co_await q_->enqueue(std::move(j)); }
   Task<std::vector<queue::EnqueueResult>> enqueue_bulk(std::vector<NewJob> js) override {
@@ -143,6 +145,7 @@ class ProbedQueue final : public queue::JobQueue {
   Task<std::vector<queue::LeasedJob>> fetch(queue::FetchRequest req) override {
     auto got = co_await q_->fetch(std::move(req));
     std::lock_guard l(p_.mu);
+    ++p_.fetches[index_];
     for (auto& lj : got) mine_.insert(lj.job.id);
     p_.max_in_flight[index_] = std::max(p_.max_in_flight[index_], static_cast<int>(mine_.size()));
     co_return got;
@@ -497,6 +500,53 @@ TEST_F(WorkerTest, FetchLanesShareTheSlotsAndSettleThroughTheirOwnHandle) {
       EXPECT_LE(probe.max_in_flight[h], c.concurrency / c.handles) << "handle " << h;
     }
   }
+}
+
+TEST_F(WorkerTest, AnIdleShardWaitsForWorkThroughOneLane) {
+  LaneProbe probe;
+  auto o = options();
+  o.concurrency = 16;
+  o.fetch_lanes = 2;
+  o.exit_when_empty = false;
+  o.open_queue = [&probe, url = url_](asio::any_io_executor ex, queue::QueueConfig cfg) -> Task<std::unique_ptr<queue::JobQueue>> {
+    auto q = co_await queue::open_queue(ex, url, std::move(cfg));
+    co_return std::make_unique<ProbedQueue>(std::move(q), probe);
+  };
+  FlowRegistry flows;
+  flows.add("flaky", [] { return examples::make_flaky_flow(); });
+  Worker w(std::move(flows), o);
+  auto fetches = [&] {
+    std::lock_guard l(probe.mu);
+    return probe.fetches;
+  };
+  std::vector<int> idle;
+  std::thread driver([&] {
+    // Idle for 40 fetch waits (50 ms each): one lane polls, the other is parked.
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (std::chrono::steady_clock::now() < until) {
+      auto f = fetches();
+      if (f.size() == 2 && std::max(f[0], f[1]) >= 40) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    idle = fetches();
+    // Work arrives: the watcher finds it and wakes the parked lane; both take jobs.
+    std::vector<NewJob> jobs;
+    for (int i = 0; i < 200; ++i) jobs.push_back(job("flaky", json::object{{"sleep_ms", 5}}));
+    enqueue(jobs);
+    until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (w.stats().succeeded < 200 && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    w.request_stop();
+  });
+  EXPECT_EQ(run(w), 0);
+  driver.join();
+  ASSERT_EQ(idle.size(), 2u);
+  EXPECT_GE(std::max(idle[0], idle[1]), 40);
+  EXPECT_LE(std::min(idle[0], idle[1]), 2) << "the second lane polled while the shard was idle";
+  EXPECT_EQ(w.stats().succeeded, 200u);
+  std::lock_guard l(probe.mu);
+  EXPECT_GT(probe.max_in_flight[0], 0);
+  EXPECT_GT(probe.max_in_flight[1], 0);
 }
 
 TEST_F(WorkerTest, BadOptionsAreRefusedNamingTheFlag) {
