@@ -187,7 +187,7 @@ class JobQueue {
 
   /// How many handles a worker shard should fetch through at once to keep this backend
   /// busy (each with its own fetch loop and share of the slots). 1 by default. Redis says
-  /// 2: it answers one connection's requests in order and is single-threaded, so with one
+  /// 4: it answers one connection's requests in order and is single-threaded, so with one
   /// fetch stream the server waits while the worker works through a reply.
   virtual int fetch_lanes() const { return 1; }
 };

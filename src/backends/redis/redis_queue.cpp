@@ -385,7 +385,7 @@ class RedisQueue final : public JobQueue {
   }
 
   std::string describe() const override { return ep_.redacted; }
-  int fetch_lanes() const override { return 2; }
+  int fetch_lanes() const override { return 4; }  // architecture.md "Fetch lanes"
 
  private:
   QueueError error(const std::string& why) const { return QueueError("redis queue " + ep_.redacted + ": " + why); }
