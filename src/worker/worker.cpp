@@ -204,17 +204,19 @@ class Shard : public std::enable_shared_from_this<Shard> {
   asio::io_context& io() { return io_; }
 
   void start() {
-    asio::co_spawn(io_, main(), [self = shared_from_this()](std::exception_ptr e) {
-      if (e) {
-        try {
-          std::rethrow_exception(e);
-        } catch (const std::exception& ex) {
-          self->st_.set_error(ex.what());
-          log_record(LogLevel::error, "shard_crashed", {{"shard", self->index_}, {"error", ex.what()}});
-        }
-        self->st_.request_stop();
-      }
-    });
+    asio::co_spawn(io_, main(), [self = shared_from_this()](std::exception_ptr e) { self->crashed("shard_crashed", e); });
+  }
+
+  /// A shard coroutine ended: when by an exception, record it and stop the worker.
+  void crashed(const char* event, std::exception_ptr e) {
+    if (!e) return;
+    try {
+      std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+      st_.set_error(ex.what());
+      log_record(LogLevel::error, event, {{"shard", index_}, {"error", ex.what()}});
+    }
+    st_.request_stop();
   }
 
   /// Thread-safe.
@@ -357,15 +359,7 @@ Task<void> Shard::main() {
   loops_running_ = n;
   for (auto& l : lanes_)
     asio::co_spawn(ex, fetch_loop(*l), [self = shared_from_this()](std::exception_ptr e) {
-      if (e) {
-        try {
-          std::rethrow_exception(e);
-        } catch (const std::exception& ex) {
-          self->st_.set_error(ex.what());
-          log_record(LogLevel::error, "fetch_loop_crashed", {{"shard", self->index_}, {"error", ex.what()}});
-        }
-        self->st_.request_stop();
-      }
+      self->crashed("fetch_loop_crashed", e);
       --self->loops_running_;
       self->wake_.notify();
     });

@@ -192,6 +192,14 @@ class ProbedQueue final : public queue::JobQueue {
   std::set<std::string> mine_;  // fetched through this handle, not yet settled
 };
 
+/// WorkerOptions::open_queue for a worker whose every queue handle reports to `probe`.
+auto probed_opener(std::string url, LaneProbe& probe) {
+  return [&probe, url = std::move(url)](asio::any_io_executor ex, queue::QueueConfig cfg) -> Task<std::unique_ptr<queue::JobQueue>> {
+    auto q = co_await queue::open_queue(ex, url, std::move(cfg));
+    co_return std::make_unique<ProbedQueue>(std::move(q), probe);
+  };
+}
+
 }  // namespace
 
 TEST_F(WorkerTest, W1_W2_JobIsOneTraceWithTenantAndResultIsStored) {
@@ -483,10 +491,7 @@ TEST_F(WorkerTest, FetchLanesShareTheSlotsAndSettleThroughTheirOwnHandle) {
     auto o = options();
     o.concurrency = c.concurrency;
     o.fetch_lanes = c.option;
-    o.open_queue = [&probe, url = url_](asio::any_io_executor ex, queue::QueueConfig cfg) -> Task<std::unique_ptr<queue::JobQueue>> {
-      auto q = co_await queue::open_queue(ex, url, std::move(cfg));
-      co_return std::make_unique<ProbedQueue>(std::move(q), probe);
-    };
+    o.open_queue = probed_opener(url_, probe);
     FlowRegistry flows;
     flows.add("flaky", [] { return examples::make_flaky_flow(); });
     Worker w(std::move(flows), o);
@@ -508,10 +513,7 @@ TEST_F(WorkerTest, AnIdleShardWaitsForWorkThroughOneLane) {
   o.concurrency = 16;
   o.fetch_lanes = 2;
   o.exit_when_empty = false;
-  o.open_queue = [&probe, url = url_](asio::any_io_executor ex, queue::QueueConfig cfg) -> Task<std::unique_ptr<queue::JobQueue>> {
-    auto q = co_await queue::open_queue(ex, url, std::move(cfg));
-    co_return std::make_unique<ProbedQueue>(std::move(q), probe);
-  };
+  o.open_queue = probed_opener(url_, probe);
   FlowRegistry flows;
   flows.add("flaky", [] { return examples::make_flaky_flow(); });
   Worker w(std::move(flows), o);
