@@ -486,7 +486,7 @@ Task<void> Shard::fetch_loop(Lane& lane) {
                        --f->lane->inflight;
                        --self->st_.in_flight;
                        f->lane->wake.notify();
-                       self->wake_.notify();
+                       if (self->stopping_) self->wake_.notify();  // main() drains after stop
                      }));
     }
   }
