@@ -352,6 +352,7 @@ Task<void> Shard::main() {
   }
   const int n = static_cast<int>(lanes_.size());
   for (int i = 0; i < n; ++i) lanes_[i]->slots = opts_.concurrency / n + (i < opts_.concurrency % n ? 1 : 0);
+  log_record(LogLevel::debug, "shard_ready", {{"shard", index_}, {"fetch_lanes", n}, {"slots_per_lane", lanes_[0]->slots}});
   asio::co_spawn(ex, heartbeats(), asio::detached);
   asio::co_spawn(ex, deadline_watch(), asio::detached);
   if (opts_.metrics && index_ == 0) asio::co_spawn(ex, refresh_gauges(), asio::detached);
