@@ -234,7 +234,8 @@ Task<void> bench_process(asio::any_io_executor ex, int concurrency) {
   co_await fill(*qs[0], g_opt.jobs);
   ProcessState st;
   st.total = g_opt.jobs;
-  int per = std::max(1, concurrency / consumers);
+  // C jobs in flight between the consumers, as the worker splits its slots between lanes.
+  auto share = [&](int k) { return std::max(1, concurrency / consumers + (k < concurrency % consumers ? 1 : 0)); };
   const double server0 = penguiflow::bench::run_probe(g_opt.server_cpu_probe);
   double c0 = cpu_seconds();
   auto t0 = Clock::now();
@@ -242,7 +243,7 @@ Task<void> bench_process(asio::any_io_executor ex, int concurrency) {
   asio::steady_timer all_done(ex);
   all_done.expires_at(Clock::time_point::max());
   for (int k = 0; k < consumers; ++k) {
-    asio::co_spawn(ex, consumer(*qs[k % qs.size()], st, per, "bench-" + std::to_string(k)), [&, done](std::exception_ptr e) {
+    asio::co_spawn(ex, consumer(*qs[k % qs.size()], st, share(k), "bench-" + std::to_string(k)), [&, done](std::exception_ptr e) {
       if (e) {
         try {
           std::rethrow_exception(e);

@@ -196,12 +196,15 @@ queue::Counts counts(const std::string& ns) {
   return c;
 }
 
+bool is_memory() { return g_opt.url.rfind("memory:", 0) == 0; }
+
 worker::WorkerOptions worker_options(const std::string& ns, int concurrency) {
   worker::WorkerOptions o;
   o.queue_url = g_opt.url;
   o.concurrency = concurrency;
   o.threads = g_opt.threads;
-  o.fetch_lanes = g_opt.fetch_lanes;
+  // memory:// is one queue per handle (each filled here for its shard): one lane each.
+  o.fetch_lanes = is_memory() ? 1 : g_opt.fetch_lanes;
   o.mode = g_opt.mode;
   o.handle_signals = false;
   o.queue_config = config_for(ns);
@@ -211,7 +214,6 @@ worker::WorkerOptions worker_options(const std::string& ns, int concurrency) {
 // ------------------------------------------------------------------ cases (each in a child)
 
 
-bool is_memory() { return g_opt.url.rfind("memory:", 0) == 0; }
 
 void case_e2e(const std::string& ns, int concurrency) {
   const int n = g_opt.jobs;

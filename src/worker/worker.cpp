@@ -159,8 +159,9 @@ namespace {
 
 /// A fetch lane: one queue handle, its share of the shard's slots and a fetch loop. A
 /// backend that answers one connection's requests in order (Redis) leaves the server idle
-/// while the worker works through a reply when a shard has one lane; two lanes keep one
-/// lane's fetch or settle at the server while the other's jobs run (JobQueue::fetch_lanes).
+/// while the worker works through a reply when a shard has one lane; with several, one
+/// lane's fetch or settle is at the server while the others' jobs run
+/// (JobQueue::fetch_lanes, docs/architecture.md "Fetch lanes").
 struct Lane {
   explicit Lane(asio::any_io_executor ex) : wake(ex) {}
   std::unique_ptr<JobQueue> queue;
@@ -327,28 +328,42 @@ Task<void> Shard::main() {
     const FlowRegistry* flows = &st_.flows;
     cfg.flow_known = [flows](std::string_view name) { return flows->contains(name); };
   }
-  std::string open_error;
+  std::unique_ptr<JobQueue> first;
+  std::string open_error = "unknown error";
   try {
-    auto first = std::make_unique<Lane>(ex);
-    first->queue = co_await open_one(cfg);
-    lanes_.push_back(std::move(first));
-    int n = opts_.fetch_lanes > 0 ? opts_.fetch_lanes : lanes_[0]->queue->fetch_lanes();
-    n = std::clamp(n, 1, std::max(1, opts_.concurrency / kMinLaneSlots));
-    while (static_cast<int>(lanes_.size()) < n) {
-      auto l = std::make_unique<Lane>(ex);
-      l->queue = co_await open_one(cfg);
-      lanes_.push_back(std::move(l));
-    }
+    first = co_await open_one(cfg);
   } catch (const std::exception& e) {
     open_error = e.what();
   }
-  if (!open_error.empty()) {
+  if (!first) {
     st_.set_error(open_error);
     log_record(LogLevel::error, "queue_open_failed", {{"shard", index_}, {"error", open_error}});
-    for (auto& l : lanes_) co_await l->queue->close();
-    lanes_.clear();
     st_.request_stop();
     co_return;
+  }
+  int want = opts_.fetch_lanes > 0 ? opts_.fetch_lanes : first->fetch_lanes();
+  // Every memory:// handle is a queue of its own: lanes would not share the jobs.
+  if (!opts_.open_queue && opts_.queue_url.rfind("memory:", 0) == 0) want = 1;
+  want = std::clamp(want, 1, std::max(1, opts_.concurrency / kMinLaneSlots));
+  lanes_.push_back(std::make_unique<Lane>(ex));
+  lanes_[0]->queue = std::move(first);
+  while (static_cast<int>(lanes_.size()) < want) {
+    // A further lane that cannot open (e.g. the server's client limit) leaves the shard
+    // with the lanes it has, not stopped.
+    std::unique_ptr<JobQueue> q;
+    std::string why = "unknown error";
+    try {
+      q = co_await open_one(cfg);
+    } catch (const std::exception& e) {
+      why = e.what();
+    }
+    if (!q) {
+      log_record(LogLevel::warn, "fetch_lane_open_failed",
+                 {{"shard", index_}, {"lanes", static_cast<int>(lanes_.size())}, {"wanted", want}, {"error", why}});
+      break;
+    }
+    lanes_.push_back(std::make_unique<Lane>(ex));
+    lanes_.back()->queue = std::move(q);
   }
   const int n = static_cast<int>(lanes_.size());
   for (int i = 0; i < n; ++i) lanes_[i]->slots = opts_.concurrency / n + (i < opts_.concurrency % n ? 1 : 0);
@@ -360,9 +375,9 @@ Task<void> Shard::main() {
   loops_running_ = n;
   for (auto& l : lanes_)
     asio::co_spawn(ex, fetch_loop(*l), [self = shared_from_this()](std::exception_ptr e) {
-      self->crashed("fetch_loop_crashed", e);
       --self->loops_running_;
       self->wake_.notify();
+      self->crashed("fetch_loop_crashed", e);
     });
   while (loops_running_ > 0) co_await wake_.wait_for(1.0);
 
@@ -432,6 +447,8 @@ Task<void> Shard::fetch_loop(Lane& lane) {
       failed = true;
     }
     if (failed) {
+      if (watcher_ == &lane) watcher_ = nullptr;  // let a lane that can fetch watch
+      if (stopping_) break;
       co_await lane.wake.wait_for(fetch_backoff);
       fetch_backoff = std::min(fetch_backoff * 2, 5.0);
       continue;
@@ -457,7 +474,7 @@ Task<void> Shard::fetch_loop(Lane& lane) {
       }
       continue;
     }
-    if (watcher_ == &lane) {  // work again: every lane fetches
+    if (watcher_) {  // work again (found by the watcher or a lane looking for itself): every lane fetches
       watcher_ = nullptr;
       for (auto& l : lanes_)
         if (l.get() != &lane) l->wake.notify();
@@ -482,7 +499,10 @@ Task<void> Shard::fetch_loop(Lane& lane) {
                            log_record(LogLevel::error, "job_coroutine_failed", {{"job_id", f->lj.job.id}, {"error", ex.what()}});
                          }
                        }
-                       self->jobs_.erase(f->lj.job.id);
+                       // The same job can be here twice (its lease expired and this shard
+                       // fetched it again): drop this copy's entry, not the other's.
+                       if (auto it = self->jobs_.find(f->lj.job.id); it != self->jobs_.end() && it->second == f)
+                         self->jobs_.erase(it);
                        --self->inflight_;
                        --f->lane->inflight;
                        --self->st_.in_flight;

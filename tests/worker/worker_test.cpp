@@ -128,6 +128,8 @@ struct LaneProbe {
   std::vector<int> fetches;
   int foreign_settles = 0;  // a job settled through a handle that did not fetch it
   int settles = 0;
+  int heartbeats = 0;
+  int foreign_heartbeats = 0;  // a lease renewed through a handle that did not fetch it
 };
 
 class ProbedQueue final : public queue::JobQueue {
@@ -162,7 +164,14 @@ class ProbedQueue final : public queue::JobQueue {
     settled(l);
     co_return co_await q_->fail(l, std::move(why), std::move(d));
   }
-  Task<queue::Settle> heartbeat(queue::Lease& l, std::chrono::milliseconds e) override { co_return co_await q_->heartbeat(l, e); }
+  Task<queue::Settle> heartbeat(queue::Lease& l, std::chrono::milliseconds e) override {
+    {
+      std::lock_guard g(p_.mu);
+      ++p_.heartbeats;
+      if (!mine_.contains(l.job_id)) ++p_.foreign_heartbeats;
+    }
+    co_return co_await q_->heartbeat(l, e);
+  }
   Task<queue::Counts> counts() override { co_return co_await q_->counts(); }
   Task<queue::Counts> depth() override { co_return co_await q_->depth(); }
   Task<std::vector<Job>> list(queue::ListFilter f) override { co_return co_await q_->list(std::move(f)); }
@@ -193,8 +202,12 @@ class ProbedQueue final : public queue::JobQueue {
 };
 
 /// WorkerOptions::open_queue for a worker whose every queue handle reports to `probe`.
-auto probed_opener(std::string url, LaneProbe& probe) {
-  return [&probe, url = std::move(url)](asio::any_io_executor ex, queue::QueueConfig cfg) -> Task<std::unique_ptr<queue::JobQueue>> {
+/// With `fail_from` > 0, the fail_from-th open and every later one fail.
+auto probed_opener(std::string url, LaneProbe& probe, int fail_from = 0) {
+  auto calls = std::make_shared<std::atomic<int>>(0);
+  return [&probe, url = std::move(url), fail_from, calls](asio::any_io_executor ex,
+                                                         queue::QueueConfig cfg) -> Task<std::unique_ptr<queue::JobQueue>> {
+    if (fail_from > 0 && ++*calls >= fail_from) throw queue::QueueError("max number of clients reached (test)");
     auto q = co_await queue::open_queue(ex, url, std::move(cfg));
     co_return std::make_unique<ProbedQueue>(std::move(q), probe);
   };
@@ -522,6 +535,7 @@ TEST_F(WorkerTest, AnIdleShardWaitsForWorkThroughOneLane) {
     return probe.fetches;
   };
   std::vector<int> idle;
+  std::chrono::steady_clock::time_point stop_at;
   std::thread driver([&] {
     // Idle for 40 fetch waits (50 ms each): one lane polls, the other is parked.
     auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
@@ -538,10 +552,15 @@ TEST_F(WorkerTest, AnIdleShardWaitsForWorkThroughOneLane) {
     until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
     while (w.stats().succeeded < 200 && std::chrono::steady_clock::now() < until)
       std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the lanes find the queue empty and park
+    stop_at = std::chrono::steady_clock::now();
     w.request_stop();
   });
   EXPECT_EQ(run(w), 0);
+  const double stop_took = std::chrono::duration<double>(std::chrono::steady_clock::now() - stop_at).count();
   driver.join();
+  // A parked lane looks for itself every 5 s: a stop that did not wake it would show.
+  EXPECT_LT(stop_took, 4.0) << "stop did not wake the parked lanes";
   ASSERT_EQ(idle.size(), 2u);
   EXPECT_GE(std::max(idle[0], idle[1]), 40);
   EXPECT_LE(std::min(idle[0], idle[1]), 2) << "the second lane polled while the shard was idle";
@@ -549,6 +568,49 @@ TEST_F(WorkerTest, AnIdleShardWaitsForWorkThroughOneLane) {
   std::lock_guard l(probe.mu);
   EXPECT_GT(probe.max_in_flight[0], 0);
   EXPECT_GT(probe.max_in_flight[1], 0);
+}
+
+TEST_F(WorkerTest, HeartbeatsGoThroughTheLaneThatFetchedTheJob) {
+  std::vector<NewJob> jobs;
+  for (int i = 0; i < 16; ++i) jobs.push_back(job("flaky", json::object{{"sleep_ms", 600}}, 1));
+  enqueue(jobs);
+  LaneProbe probe;
+  auto o = options();
+  o.concurrency = 16;
+  o.fetch_lanes = 2;
+  o.lease_s = 0.3;  // renewed every 0.1 s while the jobs run 0.6 s
+  o.open_queue = probed_opener(url_, probe);
+  FlowRegistry flows;
+  flows.add("flaky", [] { return examples::make_flaky_flow(); });
+  Worker w(std::move(flows), o);
+  EXPECT_EQ(run(w), 0);
+  EXPECT_EQ(w.stats().succeeded, 16u);
+  EXPECT_EQ(w.stats().lease_lost, 0u);
+  std::lock_guard l(probe.mu);
+  EXPECT_EQ(probe.handles, 2);
+  EXPECT_GT(probe.heartbeats, 16);
+  EXPECT_EQ(probe.foreign_heartbeats, 0);
+}
+
+TEST_F(WorkerTest, AShardRunsWithTheLanesItCouldOpen) {
+  std::vector<NewJob> jobs;
+  for (int i = 0; i < 50; ++i) jobs.push_back(job("flaky", json::object{{"sleep_ms", 1}}));
+  enqueue(jobs);
+  LaneProbe probe;
+  auto o = options();
+  o.concurrency = 32;
+  o.fetch_lanes = 4;
+  o.open_queue = probed_opener(url_, probe, 3);  // the third handle cannot open (a client limit)
+  FlowRegistry flows;
+  flows.add("flaky", [] { return examples::make_flaky_flow(); });
+  Worker w(std::move(flows), o);
+  EXPECT_EQ(run(w), 0);
+  EXPECT_EQ(w.stats().succeeded, 50u);
+  EXPECT_EQ(w.last_error(), "");
+  std::lock_guard l(probe.mu);
+  EXPECT_EQ(probe.handles, 2);
+  EXPECT_LE(probe.max_in_flight[0], 16);  // the slots were split between the two that opened
+  EXPECT_LE(probe.max_in_flight[1], 16);
 }
 
 TEST_F(WorkerTest, BadOptionsAreRefusedNamingTheFlag) {
