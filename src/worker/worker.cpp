@@ -232,7 +232,8 @@ class Shard : public std::enable_shared_from_this<Shard> {
  private:
   Task<void> main();
   Task<void> fetch_loop(Lane& lane);
-  Task<std::unique_ptr<JobQueue>> open_one(queue::QueueConfig cfg);
+  /// Opens a queue handle; nullptr with `error` set when it cannot.
+  Task<std::unique_ptr<JobQueue>> open_one(queue::QueueConfig cfg, std::string& error);
   Task<void> run_job(std::shared_ptr<InFlight> f);
   Task<RunResult> execute(InFlight& f, const FlowEntry& entry);
   Task<RunResult> await_result(Flow& flow, const std::string& trace, const FinalPredicate& is_final);
@@ -315,10 +316,17 @@ void Shard::report(const InFlight& f, Outcome o, std::string reason) {
   }
 }
 
-Task<std::unique_ptr<JobQueue>> Shard::open_one(queue::QueueConfig cfg) {
+Task<std::unique_ptr<JobQueue>> Shard::open_one(queue::QueueConfig cfg, std::string& error) {
   auto ex = co_await asio::this_coro::executor;
-  if (opts_.open_queue) co_return co_await opts_.open_queue(ex, std::move(cfg));
-  co_return co_await queue::open_queue(ex, opts_.queue_url, std::move(cfg));
+  std::unique_ptr<JobQueue> q;
+  error = "unknown error";
+  try {
+    if (opts_.open_queue) q = co_await opts_.open_queue(ex, std::move(cfg));
+    else q = co_await queue::open_queue(ex, opts_.queue_url, std::move(cfg));
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  co_return q;
 }
 
 Task<void> Shard::main() {
@@ -328,13 +336,8 @@ Task<void> Shard::main() {
     const FlowRegistry* flows = &st_.flows;
     cfg.flow_known = [flows](std::string_view name) { return flows->contains(name); };
   }
-  std::unique_ptr<JobQueue> first;
-  std::string open_error = "unknown error";
-  try {
-    first = co_await open_one(cfg);
-  } catch (const std::exception& e) {
-    open_error = e.what();
-  }
+  std::string open_error;
+  std::unique_ptr<JobQueue> first = co_await open_one(cfg, open_error);
   if (!first) {
     st_.set_error(open_error);
     log_record(LogLevel::error, "queue_open_failed", {{"shard", index_}, {"error", open_error}});
@@ -350,13 +353,8 @@ Task<void> Shard::main() {
   while (static_cast<int>(lanes_.size()) < want) {
     // A further lane that cannot open (e.g. the server's client limit) leaves the shard
     // with the lanes it has, not stopped.
-    std::unique_ptr<JobQueue> q;
-    std::string why = "unknown error";
-    try {
-      q = co_await open_one(cfg);
-    } catch (const std::exception& e) {
-      why = e.what();
-    }
+    std::string why;
+    std::unique_ptr<JobQueue> q = co_await open_one(cfg, why);
     if (!q) {
       log_record(LogLevel::warn, "fetch_lane_open_failed",
                  {{"shard", index_}, {"lanes", static_cast<int>(lanes_.size())}, {"wanted", want}, {"error", why}});
