@@ -228,7 +228,7 @@ Task<void> bench_process(asio::any_io_executor ex, int concurrency) {
   // memory:// is one in-process queue per handle: its consumers share the one handle.
   qs.push_back(co_await open_queue(ex, g_opt.url, cfg));
   const int consumers =
-      g_opt.consumers > 0 ? g_opt.consumers : std::clamp(qs[0]->fetch_lanes(), 1, std::max(1, concurrency / 8));
+      g_opt.consumers > 0 ? g_opt.consumers : fetch_lanes_for(qs[0]->fetch_lanes(), concurrency);
   const int handles = is_memory() ? 1 : consumers;
   while (static_cast<int>(qs.size()) < handles) qs.push_back(co_await open_queue(ex, g_opt.url, cfg));
   co_await fill(*qs[0], g_opt.jobs);

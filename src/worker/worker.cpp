@@ -263,8 +263,6 @@ class Shard : public std::enable_shared_from_this<Shard> {
   bool stopping_ = false;
   bool done_ = false;
   int inflight_ = 0;  // every lane's
-  // A lane gets at least this many slots: fewer would split small batches further.
-  static constexpr int kMinLaneSlots = 8;
   static constexpr double kMaxCoalesceS = 0.05;
   // Refill once this many slots are free (or half of them, when fewer): waiting for half
   // of 200 slots left the connection idle between rounds (Redis, c=200: ~20% fewer jobs/s).
@@ -347,7 +345,7 @@ Task<void> Shard::main() {
   int want = opts_.fetch_lanes > 0 ? opts_.fetch_lanes : first->fetch_lanes();
   // Every memory:// handle is a queue of its own: lanes would not share the jobs.
   if (!opts_.open_queue && opts_.queue_url.rfind("memory:", 0) == 0) want = 1;
-  want = std::clamp(want, 1, std::max(1, opts_.concurrency / kMinLaneSlots));
+  want = queue::fetch_lanes_for(want, opts_.concurrency);
   lanes_.push_back(std::make_unique<Lane>(ex));
   lanes_[0]->queue = std::move(first);
   while (static_cast<int>(lanes_.size()) < want) {

@@ -192,6 +192,15 @@ class JobQueue {
   virtual int fetch_lanes() const { return 1; }
 };
 
+/// How many lanes a consumer with `slots` jobs in flight runs when `wanted` are asked for
+/// (JobQueue::fetch_lanes() or an explicit count): at least 1, and few enough that each
+/// lane keeps at least 8 slots (fewer would split small batches further). The worker and
+/// queue_bench both size their lanes with it.
+inline int fetch_lanes_for(int wanted, int slots) {
+  const int most = slots / 8 > 1 ? slots / 8 : 1;
+  return wanted < 1 ? 1 : (wanted > most ? most : wanted);
+}
+
 /// Opens a queue by URL: memory://, sqlite:///path (sqlite://./rel), postgresql://...,
 /// redis://host:port/db. Throws QueueError naming the URL (redacted) and the cause.
 /// Defined in the penguiflow_queue_open target, which links every backend built.
