@@ -176,29 +176,36 @@ constexpr int kRefillSlots = 32;
 Task<void> consumer(JobQueue& q, ProcessState& st, int capacity, std::string owner) {
   auto ex = co_await asio::this_coro::executor;
   int inflight = 0;
+  int completing = 0;  // complete() called, not returned
+  const bool carries = q.fetch_carries_settles();
   asio::steady_timer slot_free(ex);
   while (st.fetched < st.total) {  // then only the completions in flight are left
     // Refill as the worker does: once 32 slots (or half of them) are free, or when nothing
-    // is in flight, so a fetch brings a batch rather than one job per finished one.
-    const int free_slots = capacity - inflight;
-    if (free_slots <= 0 || (inflight > 0 && free_slots < std::min(kRefillSlots, std::max(1, capacity / 2)))) {
+    // is in flight, so a fetch brings a batch rather than one job per finished one; when
+    // the fetch carries the waiting completes, their slots count as free.
+    const int free_slots = capacity - inflight + (carries ? completing : 0);
+    if (free_slots <= 0 ||
+        (!carries && inflight > 0 && free_slots < std::min(kRefillSlots, std::max(1, capacity / 2)))) {
       slot_free.expires_at(Clock::time_point::max());
       boost::system::error_code ec;
       co_await slot_free.async_wait(asio::redirect_error(asio::use_awaitable, ec));
       continue;
     }
     FetchRequest req;
-    req.max_jobs = std::min(capacity - inflight, 100);
+    req.max_jobs = std::min(free_slots, 100);
     req.wait = std::chrono::milliseconds(200);
     req.owner = owner;
     auto got = co_await q.fetch(req);
     st.fetched += static_cast<int>(got.size());
     for (auto& lj : got) {
       ++inflight;
-      auto settle = [](JobQueue& q, Lease lease, ProcessState& st, int& inflight,
+      auto settle = [](JobQueue& q, Lease lease, ProcessState& st, int& inflight, int& completing,
                        asio::steady_timer& slot_free) -> Task<void> {
         json::value result;  // no-op job: null result
+        ++completing;
+        if (q.fetch_carries_settles()) slot_free.cancel();  // a fetch that carries the completes may go now
         auto s = co_await q.complete(lease, std::move(result), 0.0);
+        --completing;
         if (s != Settle::ok) ++st.stale;
         if (++st.completed == st.total) {
           st.t_last = Clock::now();
@@ -209,9 +216,9 @@ Task<void> consumer(JobQueue& q, ProcessState& st, int capacity, std::string own
         slot_free.cancel();
       };
       if (capacity == 1) {
-        co_await settle(q, lj.lease, st, inflight, slot_free);
+        co_await settle(q, lj.lease, st, inflight, completing, slot_free);
       } else {
-        asio::co_spawn(ex, settle(q, lj.lease, st, inflight, slot_free), asio::detached);
+        asio::co_spawn(ex, settle(q, lj.lease, st, inflight, completing, slot_free), asio::detached);
       }
     }
   }

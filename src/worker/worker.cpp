@@ -168,7 +168,12 @@ struct Lane {
   int slots = 0;     // jobs in flight at most (its share of the concurrency)
   int inflight = 0;
   int settling = 0;  // jobs whose settle call is in flight (their slots free soon)
-  Wakeup wake;       // a slot freed, or stop
+  bool carries = false;  // its fetches apply the settles before them (fetch_carries_settles)
+  Wakeup wake;       // a slot freed (or, when it carries, a job began settling), or stop
+
+  /// Slots a fetch may fill now. When fetches carry the settles, a job being settled no
+  /// longer holds its slot: the fetch applies its settle before taking jobs.
+  int free() const { return slots - inflight + (carries ? settling : 0); }
 };
 
 struct InFlight;
@@ -361,6 +366,7 @@ Task<void> Shard::main() {
     lanes_.push_back(std::make_unique<Lane>(ex));
     lanes_.back()->queue = std::move(q);
   }
+  for (auto& l : lanes_) l->carries = l->queue->fetch_carries_settles();
   const int n = static_cast<int>(lanes_.size());
   for (int i = 0; i < n; ++i) lanes_[i]->slots = opts_.concurrency / n + (i < opts_.concurrency % n ? 1 : 0);
   log_record(LogLevel::debug, "shard_ready", {{"shard", index_}, {"fetch_lanes", n}, {"slots_per_lane", lanes_[0]->slots}});
@@ -403,7 +409,7 @@ Task<void> Shard::fetch_loop(Lane& lane) {
   double fetch_backoff = 0.05;
   double coalesce_until = 0;  // > 0: free slots are waiting for the jobs being settled
   while (!stopping_) {
-    int free = lane.slots - lane.inflight;
+    const int free = lane.free();
     if (free <= 0) {
       co_await lane.wake.wait_for(1.0);
       continue;
@@ -413,8 +419,9 @@ Task<void> Shard::fetch_loop(Lane& lane) {
     // wait for them, so that one fetch round trip brings a batch instead of one job per
     // finished job (a backend that serializes statements on one connection would queue
     // that fetch behind the settles anyway). Bounded, so a slow settle cannot starve free
-    // slots.
-    if (lane.settling > 0 && free < std::max(1, std::min(lane.slots / 2, kCoalesceSlots))) {
+    // slots. A lane whose fetches carry the settles counts their slots free already: it
+    // fetches at once and takes the waiting settles along in the same round trip.
+    if (!lane.carries && lane.settling > 0 && free < std::max(1, std::min(lane.slots / 2, kCoalesceSlots))) {
       const double now = mono_s();
       if (coalesce_until == 0) coalesce_until = now + kMaxCoalesceS;
       if (now < coalesce_until) {
@@ -726,6 +733,7 @@ Task<void> Shard::run_job(std::shared_ptr<InFlight> f) {
   }
   detail::unbind_job(f->trace);
   ++f->lane->settling;
+  if (f->lane->carries) f->lane->wake.notify();  // its slot can be refilled by a fetch that carries the settle
   co_await settle(*f, std::move(r));
   --f->lane->settling;  // settle() does not throw
 }

@@ -16,7 +16,9 @@
 
 #include <algorithm>
 #include <cctype>
+#include <functional>
 #include <map>
+#include <optional>
 #include <random>
 #include <set>
 
@@ -391,6 +393,47 @@ TEST_P(QueueConformance, Q3_HeartbeatExtendsLease) {
 
 // ---------------------------------------------------------------------------------------
 // Q4: order and delays.
+
+// A backend whose fetches carry the settles (JobQueue::fetch_carries_settles; a worker
+// then fetches for the slots of jobs still being settled) applies every complete / retry
+// / fail called on a handle before a fetch on it, before that fetch takes any job.
+TEST_P(QueueConformance, Q2_AFetchAppliesTheSettlesCalledBeforeIt) {
+  SKIP_IF_UNAVAILABLE();
+  run(GetParam(), [](Ctx& c) -> Task<void> {
+    auto& q = *co_await c.open();
+    if (!q.fetch_carries_settles()) co_return;  // no such promise to check
+    auto ex = co_await asio::this_coro::executor;
+    std::vector<NewJob> jobs{new_job(), new_job(), new_job()};
+    co_await q.enqueue_bulk(jobs);
+    auto got = co_await q.fetch(fetch_req(3));
+    REQUIRE(got.size() == 3);
+    // Called, not awaited: none is answered before the fetch below is issued.
+    std::vector<std::optional<Settle>> results(3);
+    Lease stale = got[2].lease;
+    stale.token += "x";
+    auto settle = [&](int i, std::function<Task<Settle>()> call) {
+      asio::co_spawn(ex, [&results, i, call]() -> Task<void> { results[i] = co_await call(); }, asio::detached);
+    };
+    settle(0, [&q, l = got[0].lease]() { return q.complete(l, nullptr, 0.01); });
+    settle(1, [&q, l = got[1].lease]() { return q.retry(l, 0, std::string("again")); });
+    settle(2, [&q, stale]() { return q.complete(stale, nullptr, 0.01); });
+    auto again = co_await q.fetch(fetch_req(3, 0ms));
+    REQUIRE(again.size() == 1);  // the retried job, ready again before this fetch took jobs
+    REQUIRE(again[0].job.id == got[1].job.id);
+    REQUIRE(again[0].job.attempts == 2);
+    REQUIRE(again[0].job.reason == "again");
+    for (int i = 0; i < 500 && !(results[0] && results[1] && results[2]); ++i) co_await sleep_for(10ms);
+    REQUIRE(results[0] == Settle::ok);
+    REQUIRE(results[1] == Settle::ok);
+    REQUIRE(results[2] == Settle::stale);
+    auto cnt = co_await q.counts();
+    REQUIRE(count_of(cnt.by_state, "succeeded") == 1);
+    REQUIRE(count_of(cnt.by_state, "running") == 2);
+    REQUIRE(count_of(cnt.by_state, "queued") == 0);
+    REQUIRE(co_await q.complete(again[0].lease, nullptr, 0.01) == Settle::ok);
+    REQUIRE(co_await q.complete(got[2].lease, nullptr, 0.01) == Settle::ok);
+  });
+}
 
 TEST_P(QueueConformance, Q4_DelayedJobNotFetchedEarly) {
   SKIP_IF_UNAVAILABLE();

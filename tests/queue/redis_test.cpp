@@ -913,6 +913,54 @@ TEST_F(RedisQueueTest, ConcurrentSettlesAreBatchedAndFencedPerJob) {
   }());
 }
 
+// The settles waiting on a handle ride on its next fetch: one script call settles them and
+// takes the next jobs (fetch_carries_settles; the conformance suite checks the order).
+// Settles that arrive while that call is out go as a batch of their own after it.
+TEST_F(RedisQueueTest, AFetchTakesTheWaitingSettlesAlongInOneScriptCall) {
+  if (!have_program("redis-server")) GTEST_SKIP() << "redis-server is not installed";
+  PrivateRedis server;
+  penguiflow::testing::run_async([&]() -> Task<void> {
+    auto ex = co_await asio::this_coro::executor;
+    auto q = co_await open_redis_queue(ex, server.url(), config_for(unique_ns()));
+    EXPECT_TRUE(q->fetch_carries_settles());
+    constexpr int kN = 40;
+    std::vector<NewJob> jobs;
+    for (int i = 0; i < kN; ++i) jobs.push_back(a_job("acme"));
+    co_await q->enqueue_bulk(std::move(jobs));
+    auto got = co_await q->fetch(req(kN / 2));
+    EXPECT_EQ(got.size(), static_cast<std::size_t>(kN / 2));
+    Connection admin(ex, parse_redis_url(server.url()));
+    std::vector<std::string> stats_cmd{"INFO", "commandstats"};
+    auto before = command_calls((co_await raw(admin, stats_cmd)).str, "evalsha");
+    int ok = 0, answered = 0;
+    auto complete_all = [&](std::vector<LeasedJob>& batch) {
+      for (auto& lj : batch)
+        asio::co_spawn(
+            ex,
+            [&, lease = lj.lease]() -> Task<void> {
+              if (co_await q->complete(lease, nullptr, 0.01) == Settle::ok) ++ok;
+              ++answered;
+            },
+            asio::detached);
+    };
+    complete_all(got);
+    auto next = co_await q->fetch(req(kN / 2, 0ms));  // carries the 20 completes
+    EXPECT_EQ(next.size(), static_cast<std::size_t>(kN / 2));
+    EXPECT_TRUE(co_await penguiflow::testing::eventually([&]() -> Task<bool> { co_return answered == kN / 2; }));
+    auto after = command_calls((co_await raw(admin, stats_cmd)).str, "evalsha");
+    EXPECT_EQ(after - before, 1) << "20 completes and a fetch of 20 in one script call";
+    complete_all(next);  // no fetch follows: they go as a settle batch
+    EXPECT_TRUE(co_await penguiflow::testing::eventually([&]() -> Task<bool> { co_return answered == kN; }));
+    EXPECT_EQ(ok, kN);
+    auto c = co_await q->counts();
+    EXPECT_EQ(c.by_state["succeeded"], kN);
+    EXPECT_EQ(c.by_state["running"], 0);
+    EXPECT_EQ(c.by_tenant["acme"]["succeeded"], kN);
+    admin.close();
+    co_await q->close();
+  }());
+}
+
 // Settles arriving while batches are in flight: past kPipelineAt waiting settles a second
 // batch is sent behind the first, and settles keep arriving while batches complete and
 // hand the sending on. Every settle is answered once, none is lost or sent twice.

@@ -8,6 +8,9 @@
 #include <penguiflow/worker/job_context.hpp>
 #include <penguiflow/worker/worker.hpp>
 
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/json/serialize.hpp>
 
 #include <atomic>
@@ -130,6 +133,10 @@ struct LaneProbe {
   int settles = 0;
   int heartbeats = 0;
   int foreign_heartbeats = 0;  // a lease renewed through a handle that did not fetch it
+  // Handles that promise fetch_carries_settles(): a fetch first waits until every settle
+  // called on its handle has been applied, as such a backend does.
+  bool carries = false;
+  int fetches_for_settling = 0;  // fetches issued while settles of the handle were out
 };
 
 class ProbedQueue final : public queue::JobQueue {
@@ -145,6 +152,17 @@ class ProbedQueue final : public queue::JobQueue {
     co_return co_await q_->enqueue_bulk(std::move(js));
   }
   Task<std::vector<queue::LeasedJob>> fetch(queue::FetchRequest req) override {
+    if (p_.carries && settling_ > 0) {
+      {
+        std::lock_guard l(p_.mu);
+        ++p_.fetches_for_settling;
+      }
+      asio::steady_timer t(co_await asio::this_coro::executor);
+      while (settling_ > 0) {
+        t.expires_after(std::chrono::milliseconds(1));
+        co_await t.async_wait(asio::use_awaitable);
+      }
+    }
     auto got = co_await q_->fetch(std::move(req));
     std::lock_guard l(p_.mu);
     ++p_.fetches[index_];
@@ -154,15 +172,21 @@ class ProbedQueue final : public queue::JobQueue {
   }
   Task<queue::Settle> complete(const queue::Lease& l, json::value r, double s) override {
     settled(l);
-    co_return co_await q_->complete(l, std::move(r), s);
+    auto out = co_await q_->complete(l, std::move(r), s);
+    --settling_;
+    co_return out;
   }
   Task<queue::Settle> retry(const queue::Lease& l, double d, std::string why) override {
     settled(l);
-    co_return co_await q_->retry(l, d, std::move(why));
+    auto out = co_await q_->retry(l, d, std::move(why));
+    --settling_;
+    co_return out;
   }
   Task<queue::Settle> fail(const queue::Lease& l, std::string why, json::value d) override {
     settled(l);
-    co_return co_await q_->fail(l, std::move(why), std::move(d));
+    auto out = co_await q_->fail(l, std::move(why), std::move(d));
+    --settling_;
+    co_return out;
   }
   Task<queue::Settle> heartbeat(queue::Lease& l, std::chrono::milliseconds e) override {
     {
@@ -188,9 +212,11 @@ class ProbedQueue final : public queue::JobQueue {
   Task<void> close() override { co_await q_->close(); }
   std::string describe() const override { return q_->describe(); }
   int fetch_lanes() const override { return p_.lanes; }
+  bool fetch_carries_settles() const override { return p_.carries; }
 
  private:
   void settled(const queue::Lease& l) {
+    ++settling_;
     std::lock_guard g(p_.mu);
     ++p_.settles;
     if (mine_.erase(l.job_id) == 0) ++p_.foreign_settles;
@@ -199,6 +225,7 @@ class ProbedQueue final : public queue::JobQueue {
   LaneProbe& p_;
   int index_ = 0;
   std::set<std::string> mine_;  // fetched through this handle, not yet settled
+  int settling_ = 0;             // settle calls not yet answered (throwing ones too: the handle is dropped)
 };
 
 /// WorkerOptions::open_queue for a worker whose every queue handle reports to `probe`.
@@ -518,6 +545,50 @@ TEST_F(WorkerTest, FetchLanesShareTheSlotsAndSettleThroughTheirOwnHandle) {
       EXPECT_LE(probe.max_in_flight[h], c.concurrency / c.handles) << "handle " << h;
     }
   }
+}
+
+// A backend whose fetches carry the settles (fetch_carries_settles): a lane fetches for
+// the slots of jobs still being settled, yet never runs more flows than its slots, and the
+// queue never holds more of its leases than that.
+TEST_F(WorkerTest, ALaneWhoseFetchesCarryTheSettlesRefillsWithoutExceedingItsSlots) {
+  std::vector<NewJob> jobs;
+  for (int i = 0; i < 300; ++i) jobs.push_back(job("counted", json::object{}));
+  enqueue(jobs);
+  LaneProbe probe;
+  probe.lanes = 2;
+  probe.carries = true;
+  auto o = options();
+  o.concurrency = 16;
+  o.open_queue = probed_opener(url_, probe);
+  struct Peak {
+    std::mutex mu;
+    int running = 0, peak = 0;
+  };
+  auto peak = std::make_shared<Peak>();
+  FlowRegistry flows;
+  flows.add("counted", [peak] {
+    Node n("counted", [peak](Message m, Context& ctx) -> Task<Message> {
+      {
+        std::lock_guard l(peak->mu);
+        peak->peak = std::max(peak->peak, ++peak->running);
+      }
+      co_await ctx.sleep(0.002);
+      {
+        std::lock_guard l(peak->mu);
+        --peak->running;
+      }
+      co_return m;
+    });
+    return Flow({n.to()});
+  });
+  Worker w(std::move(flows), o);
+  EXPECT_EQ(run(w), 0);
+  EXPECT_EQ(w.stats().succeeded, 300u);
+  EXPECT_EQ(probe.handles, 2);
+  EXPECT_GT(probe.fetches_for_settling, 0) << "no lane fetched while its jobs were being settled";
+  EXPECT_LE(peak->peak, 16);
+  for (int h = 0; h < probe.handles; ++h) EXPECT_LE(probe.max_in_flight[h], 8) << "handle " << h;
+  EXPECT_EQ(probe.foreign_settles, 0);
 }
 
 TEST_F(WorkerTest, AnIdleShardWaitsForWorkThroughOneLane) {

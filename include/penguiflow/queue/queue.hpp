@@ -190,6 +190,14 @@ class JobQueue {
   /// 4: it answers one connection's requests in order and is single-threaded, so with one
   /// fetch stream the server waits while the worker works through a reply.
   virtual int fetch_lanes() const { return 1; }
+
+  /// Whether a fetch on this handle applies every complete / retry / fail called on the
+  /// handle before it, before it takes any job. Then a consumer may fetch for the slots of
+  /// jobs still being settled: the server never holds more of its leases than it has
+  /// slots, and the settles can travel with the fetch (Redis: one script call for both).
+  /// false by default (PostgreSQL settles on a second connection; SQLite batches them on
+  /// its own thread).
+  virtual bool fetch_carries_settles() const { return false; }
 };
 
 /// How many lanes a consumer with `slots` jobs in flight runs when `wanted` are asked for

@@ -231,13 +231,25 @@ class RedisQueue final : public JobQueue {
     const auto deadline = std::chrono::steady_clock::now() + req.wait;
     const int max_jobs = std::max(1, req.max_jobs);
     std::vector<LeasedJob> out;
+    // The settles waiting on this handle ride on the first call: applied before anything
+    // is taken (fetch_carries_settles()), in one script call instead of two.
+    auto carried = take_batch(nullptr);
     while (true) {
       double now = ms_floor(unix_now());
       double expires = ms_floor(now + std::chrono::duration<double>(req.lease).count());
       std::string token_prefix = new_lease_token();
       std::vector<std::string> args1{num(now), std::to_string(max_jobs), req.owner, num(expires), token_prefix};
-      auto r = co_await eval(Script::fetch, std::move(args1));
-      if (!r.is_array() || r.elements.size() != 2) throw error("unexpected fetch reply");
+      RespValue r;
+      if (carried.empty()) {
+        r = co_await eval(Script::fetch, std::move(args1));
+      } else {
+        auto batch = std::move(carried);
+        carried.clear();
+        args1.push_back(std::to_string(batch.size()));
+        append_settle_args(args1, batch);
+        r = co_await send_batch(Script::fetch, std::move(args1), batch, 2);
+      }
+      if (!r.is_array() || r.elements.size() != 3) throw error("unexpected fetch reply");
       const std::string next_due = r.elements[0].str;
       bool refused = false;
       for (const auto& jv : r.elements[1].elements) {
@@ -386,6 +398,7 @@ class RedisQueue final : public JobQueue {
 
   std::string describe() const override { return ep_.redacted; }
   int fetch_lanes() const override { return 4; }  // architecture.md "Fetch lanes"
+  bool fetch_carries_settles() const override { return true; }  // one connection, in order; fetch() takes the waiting ones
 
  private:
   QueueError error(const std::string& why) const { return QueueError("redis queue " + ep_.redacted + ": " + why); }
@@ -451,8 +464,9 @@ class RedisQueue final : public JobQueue {
   /// later ones wait and then go as ONE settle_batch script call (each fenced by its own
   /// lease token, Q3; each caller gets its own Settle). A settle issued with none in
   /// flight lets the event loop run once, then is sent with those that arrived meanwhile.
-  /// Once kPipelineAt settles wait, they are sent at once as another batch, pipelined
-  /// behind the one in flight: a worker
+  /// A fetch() on the handle takes every waiting settle along in its own script call
+  /// (fetch_carries_settles()). Once kPipelineAt settles wait, they are sent at once as
+  /// another batch, pipelined behind the one in flight: a worker
   /// whose jobs finish in a burst then frees its slots in steps, so its next fetch and the
   /// flows it runs overlap the server's work on the remaining settles instead of
   /// alternating with it (measured: worker_bench e2e c=200 +30%). The caller that sends a
@@ -467,6 +481,7 @@ class RedisQueue final : public JobQueue {
     me->job_id = lease.job_id;
     me->token = lease.token;
     me->extra = std::move(extra);
+    me->wake.expires_at(boost::asio::steady_timer::time_point::max());
     pending_settles_.push_back(me);
     const bool idle = settles_in_flight_ == 0 && !next_sender_ && !gathering_;
     if (idle || (!gathering_ && pending_settles_.size() >= kPipelineAt)) {
@@ -475,13 +490,14 @@ class RedisQueue final : public JobQueue {
         // Nothing in flight. The jobs of one fetch run side by side, so when the first
         // finishes, the others' last steps are already queued on the loop: let them run
         // once (one post) and take their settles along, instead of sending this one alone
-        // and the rest a round trip later (Redis worker_bench c=50 +15-20%).
+        // and the rest a round trip later (Redis worker_bench c=50 +15-20%). A fetch in
+        // that turn takes them all (then this caller waits for it like the others).
         gathering_ = true;
         co_await boost::asio::post(ex_, boost::asio::use_awaitable);
         gathering_ = false;
       }
-    } else {
-      me->wake.expires_at(boost::asio::steady_timer::time_point::max());
+    }
+    if (!me->leader) {
       while (!me->done && !me->leader) {
         boost::system::error_code ec;
         co_await me->wake.async_wait(boost::asio::redirect_error(boost::asio::use_awaitable, ec));
@@ -499,67 +515,100 @@ class RedisQueue final : public JobQueue {
       }
       // Chosen to send (next_sender_). A cancellation that raced with that must not
       // abort the others' settles.
-      next_sender_.reset();
+      if (next_sender_ == me) next_sender_.reset();
       co_await boost::asio::this_coro::reset_cancellation_state();
     }
+    auto batch = take_batch(me);
+    if (batch.size() == 1) {
+      std::exception_ptr failed;
+      try {
+        me->result = co_await settle_one(*me);
+      } catch (...) {
+        failed = std::current_exception();
+      }
+      finish_batch(batch, failed);
+      if (failed) std::rethrow_exception(failed);
+    } else {
+      std::vector<std::string> argv{num(ms_floor(unix_now())), std::to_string(batch.size())};
+      append_settle_args(argv, batch);
+      co_await send_batch(Script::settle_batch, std::move(argv), batch, -1);
+    }
+    if ((co_await boost::asio::this_coro::cancellation_state).cancelled() != boost::asio::cancellation_type::none)
+      throw boost::system::system_error(boost::asio::error::operation_aborted);  // settled, unseen
+    co_return me->result;
+  }
+
+  /// Takes the waiting settles to send as one batch (at most kMaxBatch, and `me` when
+  /// given) and counts the batch in flight until finish_batch(). A waiter chosen to send
+  /// the next batch but not resumed yet is carried by this one instead.
+  std::vector<std::shared_ptr<PendingSettle>> take_batch(const std::shared_ptr<PendingSettle>& me) {
     std::vector<std::shared_ptr<PendingSettle>> batch;
     while (!pending_settles_.empty() && batch.size() < kMaxBatch) {
       batch.push_back(std::move(pending_settles_.front()));
       pending_settles_.pop_front();
     }
-    if (std::find(batch.begin(), batch.end(), me) == batch.end()) {
+    if (me && std::find(batch.begin(), batch.end(), me) == batch.end()) {
       pending_settles_.erase(std::find(pending_settles_.begin(), pending_settles_.end(), me));
       batch.push_back(me);
     }
     for (auto& p : batch) {
-      if (p == next_sender_) {  // chosen to send but not resumed yet: now carried by this batch
-        p->leader = false;
-        next_sender_.reset();
-      }
+      p->leader = p == me;  // a leader waiting out its gathering turn now waits for this batch
+      if (p == next_sender_) next_sender_.reset();
     }
-    ++settles_in_flight_;
+    if (!batch.empty()) ++settles_in_flight_;
+    return batch;
+  }
+
+  static void append_settle_args(std::vector<std::string>& argv, std::vector<std::shared_ptr<PendingSettle>>& batch) {
+    argv.reserve(argv.size() + 6 * batch.size());
+    for (auto& p : batch) {
+      argv.push_back(p->op);
+      argv.push_back(p->job_id);
+      argv.push_back(p->token);
+      for (std::size_t i = 0; i < 3; ++i) argv.push_back(i < p->extra.size() ? std::move(p->extra[i]) : std::string());
+    }
+  }
+
+  /// Runs a script that carries `batch` and ends it: the per-settle results are the reply's
+  /// element `at` (the reply itself when at < 0). The call runs with no cancellation slot:
+  /// it carries other callers' settles, which a cancellation would leave applied but
+  /// reported failed; a cancelled caller learns of it once the call is done.
+  Task<RespValue> send_batch(Script s, std::vector<std::string> argv, std::vector<std::shared_ptr<PendingSettle>>& batch,
+                             int at) {
     std::exception_ptr failed;
+    RespValue r;
     try {
-      if (batch.size() == 1) {
-        batch[0]->result = co_await settle_one(*batch[0]);
-      } else {
-        std::vector<std::string> argv{num(ms_floor(unix_now())), std::to_string(batch.size())};
-        argv.reserve(2 + 6 * batch.size());
-        for (auto& p : batch) {
-          argv.push_back(p->op);
-          argv.push_back(p->job_id);
-          argv.push_back(p->token);
-          for (std::size_t i = 0; i < 3; ++i) argv.push_back(i < p->extra.size() ? std::move(p->extra[i]) : std::string());
-        }
-        // The batch carries other callers' settles: this caller's cancellation must not
-        // abort them (their settles would be applied but reported failed), so the call runs
-        // with no cancellation slot; a cancelled sender learns of it once it is done.
-        auto send = eval(Script::settle_batch, std::move(argv));
-        auto shielded = boost::asio::bind_cancellation_slot(boost::asio::cancellation_slot(), boost::asio::use_awaitable);
-        auto r = co_await boost::asio::co_spawn(ex_, std::move(send), shielded);
-        if (!r.is_array() || r.elements.size() != batch.size()) throw error("unexpected settle_batch reply");
-        for (std::size_t i = 0; i < batch.size(); ++i)
-          batch[i]->result = r.elements[i].as_int() == 1 ? Settle::ok : Settle::stale;
-      }
+      auto send = eval(s, std::move(argv));
+      auto shielded = boost::asio::bind_cancellation_slot(boost::asio::cancellation_slot(), boost::asio::use_awaitable);
+      r = co_await boost::asio::co_spawn(ex_, std::move(send), shielded);
+      const RespValue* results = at < 0 ? &r : (r.is_array() && r.elements.size() > std::size_t(at) ? &r.elements[at] : nullptr);
+      if (!results || !results->is_array() || results->elements.size() != batch.size())
+        throw error("unexpected " + std::string(redis::script_name(s)) + " reply");
+      for (std::size_t i = 0; i < batch.size(); ++i)
+        batch[i]->result = results->elements[i].as_int() == 1 ? Settle::ok : Settle::stale;
     } catch (...) {
       failed = std::current_exception();
     }
+    finish_batch(batch, failed);
+    if (failed) std::rethrow_exception(failed);
+    co_return r;
+  }
+
+  /// A batch is done (results set, or `failed`): resumes its callers and, when nothing is
+  /// left in flight to carry the settles that arrived meanwhile, wakes the first of them
+  /// to send the next batch.
+  void finish_batch(std::vector<std::shared_ptr<PendingSettle>>& batch, std::exception_ptr failed) {
     --settles_in_flight_;
     for (auto& p : batch) {
       p->done = true;
       p->error = failed;
-      if (p != me) p->wake.cancel();
+      if (!p->leader) p->wake.cancel();
     }
-    // Nothing in flight to carry the waiters: the first of them sends the next batch.
     if (!pending_settles_.empty() && settles_in_flight_ == 0 && !next_sender_) {
       next_sender_ = pending_settles_.front();
       next_sender_->leader = true;
       next_sender_->wake.cancel();
     }
-    if (failed) std::rethrow_exception(failed);
-    if ((co_await boost::asio::this_coro::cancellation_state).cancelled() != boost::asio::cancellation_type::none)
-      throw boost::system::system_error(boost::asio::error::operation_aborted);  // settled, unseen
-    co_return me->result;
   }
 
   Task<Settle> settle_one(PendingSettle& p) {

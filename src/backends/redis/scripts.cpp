@@ -147,12 +147,20 @@ wake(ready)
 return out
 )LUA";
 
-// ARGV: prefix, now, max, owner, lease_expires_at, token_prefix.
-// Returns {next_due ('' when none or when jobs were taken), {job1, job2, ...}}; each job is the array {id, doc,
-// tenant, attempts (after this fetch), run_at, created_at, reason} (nil where the hash has
-// no such field); the lease token is ARGV[6] for every job.
+// ARGV: prefix, now, max, owner, lease_expires_at, token_prefix, then optionally n and
+// n x 6 settle arguments (settle_many()): the settles the handle had waiting, applied
+// before anything is taken, so the jobs they free make room for this fetch's.
+// Returns {next_due ('' when none or when jobs were taken), {job1, job2, ...}, {settle
+// results}}; each job is the array {id, doc, tenant, attempts (after this fetch), run_at,
+// created_at, reason} (nil where the hash has no such field); the lease token is ARGV[6]
+// for every job.
 const char* const kFetch = R"LUA(
-local now = tonumber(NOW_S)
+local settled, settle_wakes = {}, 0
+local n_settle = tonumber(ARGV[7] or '0')
+if n_settle > 0 then
+  settled, settle_wakes = settle_many(8, n_settle)
+  if not settled then return redis.error_reply(settle_wakes) end
+end
 -- Q1: expired leases become fetchable again (attempts kept).
 local expired = redis.call('ZRANGEBYSCORE', K_LEASED, '-inf', NOW_S, 'LIMIT', 0, 1000)
 for _, id in ipairs(expired) do
@@ -255,8 +263,13 @@ if n > 0 then
   end
 end
 count_flush()
--- Nothing left to signal: drop stale wake-up tokens.
-if redis.call('ZCARD', K_READY) == 0 then redis.call('DEL', K_WAKE) end
+-- Nothing left to signal: drop stale wake-up tokens (ZPOPMIN taking fewer than asked
+-- emptied the set), unless this call's retries just made jobs ready for the waiters.
+if settle_wakes > 0 then
+  wake(settle_wakes)
+elseif #taken < 2 * tonumber(ARGV[3]) or redis.call('ZCARD', K_READY) == 0 then
+  redis.call('DEL', K_WAKE)
+end
 -- The earliest time something may become ready (only read by a fetch that got nothing).
 local next_due = ''
 if #jobs == 0 then
@@ -265,7 +278,7 @@ if #jobs == 0 then
   local l = redis.call('ZRANGE', K_LEASED, 0, 0, 'WITHSCORES')
   if l[2] and l[1] ~= KEEP and (next_due == '' or tonumber(l[2]) < tonumber(next_due)) then next_due = l[2] end
 end
-return {next_due, jobs}
+return {next_due, jobs, settled}
 )LUA";
 
 // ARGV: prefix, now, op, id, token, op args. Fenced by the lease token (Q3): returns 1, or
@@ -307,84 +320,95 @@ end
 return 1
 )LUA";
 
-// ARGV: prefix, now, n, then n x (op, id, token, a1, a2, a3) with op complete / retry /
-// fail and the op args of kSettle (unused ones ''). Each job is fenced by its own lease
-// token (Q3), exactly as kSettle does. Returns {r1, ..., rn}: 1 settled, 0 stale. Count
-// deltas are summed and applied once per (tenant, state) at the end; the script is atomic,
-// so counts() never sees the difference.
-const char* const kSettleBatch = R"LUA(
-local n = tonumber(ARGV[3])
-for i = 0, n - 1 do  -- refuse a bad op before writing anything
-  local op = ARGV[4 + i * 6]
-  if op ~= 'complete' and op ~= 'retry' and op ~= 'fail' then
-    return redis.error_reply('ERR unknown settle op ' .. tostring(op))
-  end
-end
-local out = {}
-local wakes = 0
--- Per tenant: {succeeded, queued, dead} settled by this batch (count keys built once per
--- tenant, not per job).
-local per_tenant = {}
--- The leases of the whole batch are read with one HMGET; sorted-set and lease updates are
--- gathered and sent as one command each at the end.
-local ids = {}
-for i = 0, n - 1 do ids[i + 1] = ARGV[5 + i * 6] end
-local recs = redis.call('HMGET', K_LEASES, unpack(ids))
-local unleased, done, dead = {}, {}, {}
-local seen = {}
-for i = 0, n - 1 do
-  local b = 4 + i * 6
-  local op, id, token = ARGV[b], ARGV[b + 1], ARGV[b + 2]
-  local tok, exp, att, owner, tenant = lease_parse(recs[i + 1])
-  if not tok or tok ~= token or seen[id] then
-    out[i + 1] = 0
-  else
-    seen[id] = true
-    unleased[#unleased + 1] = id
-    local k = PREFIX .. id
-    local t = per_tenant[tenant]
-    if not t then
-      t = {0, 0, 0}
-      per_tenant[tenant] = t
+// settle_many(base, n): settles n jobs whose arguments start at ARGV[base], 6 each:
+// (op, id, token, a1, a2, a3) with op complete / retry / fail and the op args of kSettle
+// (unused ones ''). Each job is fenced by its own lease token (Q3), exactly as kSettle
+// does. Returns {r1, ..., rn} (1 settled, 0 stale) and how many jobs it made ready again
+// (retries: the caller wakes that many waiters), or nil and an error text, before writing
+// anything, when an op is unknown. Count deltas go through count_later(): the caller
+// flushes them (the script is atomic, so counts() never sees the difference).
+const char* const kSettleMany = R"LUA(
+local function settle_many(base, n)
+  for i = 0, n - 1 do  -- refuse a bad op before writing anything
+    local op = ARGV[base + i * 6]
+    if op ~= 'complete' and op ~= 'retry' and op ~= 'fail' then
+      return nil, 'ERR unknown settle op ' .. tostring(op)
     end
-    if op == 'complete' then
-      redis.call('HSET', k, 'state', 'succeeded', 'result', ARGV[b + 3], 'latency_s', ARGV[b + 4], 'updated_at', NOW_S,
-        'attempts', att)
-      done[#done + 1] = id
-      t[1] = t[1] + 1
-    elseif op == 'retry' then
-      local a1 = ARGV[b + 3]
-      local r = redis.call('HMGET', k, 'priority', 'seq')
-      redis.call('HSET', k, 'state', 'queued', 'run_at', a1, 'reason', ARGV[b + 4], 'updated_at', NOW_S, 'attempts', att)
-      if ARGV[b + 5] == '1' then
-        redis.call('ZADD', K_SCHED, a1, id)
-      else
-        ready_add(id, r[1], a1, r[2])
-      end
-      wakes = wakes + 1
-      t[2] = t[2] + 1
+  end
+  local out = {}
+  local wakes = 0
+  -- Per tenant: {succeeded, queued, dead} settled by this batch (count keys built once per
+  -- tenant, not per job).
+  local per_tenant = {}
+  -- The leases of the whole batch are read with one HMGET; sorted-set and lease updates are
+  -- gathered and sent as one command each at the end.
+  local ids = {}
+  for i = 0, n - 1 do ids[i + 1] = ARGV[base + 1 + i * 6] end
+  local recs = redis.call('HMGET', K_LEASES, unpack(ids))
+  local unleased, done, dead = {}, {}, {}
+  local seen = {}
+  for i = 0, n - 1 do
+    local b = base + i * 6
+    local op, id, token = ARGV[b], ARGV[b + 1], ARGV[b + 2]
+    local tok, exp, att, owner, tenant = lease_parse(recs[i + 1])
+    if not tok or tok ~= token or seen[id] then
+      out[i + 1] = 0
     else
-      redis.call('HSET', k, 'state', 'dead', 'reason', ARGV[b + 3], 'details', ARGV[b + 4], 'updated_at', NOW_S,
-        'attempts', att)
-      dead[#dead + 1] = NOW_S
-      dead[#dead + 1] = id
-      t[3] = t[3] + 1
+      seen[id] = true
+      unleased[#unleased + 1] = id
+      local k = PREFIX .. id
+      local t = per_tenant[tenant]
+      if not t then
+        t = {0, 0, 0}
+        per_tenant[tenant] = t
+      end
+      if op == 'complete' then
+        redis.call('HSET', k, 'state', 'succeeded', 'result', ARGV[b + 3], 'latency_s', ARGV[b + 4], 'updated_at', NOW_S,
+          'attempts', att)
+        done[#done + 1] = id
+        t[1] = t[1] + 1
+      elseif op == 'retry' then
+        local a1 = ARGV[b + 3]
+        local r = redis.call('HMGET', k, 'priority', 'seq')
+        redis.call('HSET', k, 'state', 'queued', 'run_at', a1, 'reason', ARGV[b + 4], 'updated_at', NOW_S, 'attempts', att)
+        if ARGV[b + 5] == '1' then
+          redis.call('ZADD', K_SCHED, a1, id)
+        else
+          ready_add(id, r[1], a1, r[2])
+        end
+        wakes = wakes + 1
+        t[2] = t[2] + 1
+      else
+        redis.call('HSET', k, 'state', 'dead', 'reason', ARGV[b + 3], 'details', ARGV[b + 4], 'updated_at', NOW_S,
+          'attempts', att)
+        dead[#dead + 1] = NOW_S
+        dead[#dead + 1] = id
+        t[3] = t[3] + 1
+      end
+      out[i + 1] = 1
     end
-    out[i + 1] = 1
   end
+  for tenant, t in pairs(per_tenant) do
+    count_later(tenant, 'succeeded', t[1])
+    count_later(tenant, 'queued', t[2])
+    count_later(tenant, 'dead', t[3])
+    count_later(tenant, 'running', -(t[1] + t[2] + t[3]))
+  end
+  if #unleased > 0 then
+    redis.call('ZREM', K_LEASED, unpack(unleased))
+    redis.call('HDEL', K_LEASES, unpack(unleased))
+  end
+  if #done > 0 then redis.call('RPUSH', K_SUCC, unpack(done)) end
+  if #dead > 0 then redis.call('ZADD', K_DEAD, unpack(dead)) end
+  return out, wakes
 end
-for tenant, t in pairs(per_tenant) do
-  count_later(tenant, 'succeeded', t[1])
-  count_later(tenant, 'queued', t[2])
-  count_later(tenant, 'dead', t[3])
-  count_later(tenant, 'running', -(t[1] + t[2] + t[3]))
-end
-if #unleased > 0 then
-  redis.call('ZREM', K_LEASED, unpack(unleased))
-  redis.call('HDEL', K_LEASES, unpack(unleased))
-end
-if #done > 0 then redis.call('RPUSH', K_SUCC, unpack(done)) end
-if #dead > 0 then redis.call('ZADD', K_DEAD, unpack(dead)) end
+)LUA";
+
+// ARGV: prefix, now, n, then n x (op, id, token, a1, a2, a3): settle_many(). Returns
+// {r1, ..., rn}: 1 settled, 0 stale.
+const char* const kSettleBatch = R"LUA(
+local out, wakes = settle_many(4, tonumber(ARGV[3]))
+if not out then return redis.error_reply(wakes) end
 count_flush()
 wake(wakes)
 return out
@@ -537,8 +561,8 @@ return redis.error_reply('ERR unknown admin op ' .. tostring(op))
 
 const std::string& script_text(Script s) {
   static const std::array<std::string, kScriptCount> texts = {
-      std::string(kPrelude) + kEnqueue, std::string(kPrelude) + kFetch, std::string(kPrelude) + kSettle,
-      std::string(kPrelude) + kAdmin, std::string(kPrelude) + kSettleBatch};
+      std::string(kPrelude) + kEnqueue, std::string(kPrelude) + kSettleMany + kFetch, std::string(kPrelude) + kSettle,
+      std::string(kPrelude) + kAdmin, std::string(kPrelude) + kSettleMany + kSettleBatch};
   return texts[static_cast<std::size_t>(s)];
 }
 
