@@ -180,12 +180,13 @@ Task<void> consumer(JobQueue& q, ProcessState& st, int capacity, std::string own
   const bool carries = q.fetch_carries_settles();
   asio::steady_timer slot_free(ex);
   while (st.fetched < st.total) {  // then only the completions in flight are left
-    // Refill as the worker does: once 32 slots (or half of them) are free, or when nothing
-    // is in flight, so a fetch brings a batch rather than one job per finished one; when
-    // the fetch carries the waiting completes, their slots count as free.
-    const int free_slots = capacity - inflight + (carries ? completing : 0);
+    // Refill as the worker does (its Lane::free and fetch loop): a job's slot is free once
+    // its complete is called, with at most `capacity` completes in flight; while fewer
+    // than 32 slots (or half of them) are free and completes are in flight, wait for them
+    // so a fetch brings a batch, unless the fetch carries the completes along.
+    const int free_slots = std::min(capacity - (inflight - completing), 2 * capacity - inflight);
     if (free_slots <= 0 ||
-        (!carries && inflight > 0 && free_slots < std::min(kRefillSlots, std::max(1, capacity / 2)))) {
+        (!carries && completing > 0 && free_slots < std::min(kRefillSlots, std::max(1, capacity / 2)))) {
       slot_free.expires_at(Clock::time_point::max());
       boost::system::error_code ec;
       co_await slot_free.async_wait(asio::redirect_error(asio::use_awaitable, ec));
@@ -203,7 +204,7 @@ Task<void> consumer(JobQueue& q, ProcessState& st, int capacity, std::string own
                        asio::steady_timer& slot_free) -> Task<void> {
         json::value result;  // no-op job: null result
         ++completing;
-        if (q.fetch_carries_settles()) slot_free.cancel();  // a fetch that carries the completes may go now
+        slot_free.cancel();  // its slot is free
         auto s = co_await q.complete(lease, std::move(result), 0.0);
         --completing;
         if (s != Settle::ok) ++st.stale;

@@ -167,13 +167,15 @@ struct Lane {
   std::unique_ptr<JobQueue> queue;
   int slots = 0;     // jobs in flight at most (its share of the concurrency)
   int inflight = 0;
-  int settling = 0;  // jobs whose settle call is in flight (their slots free soon)
+  int settling = 0;  // jobs whose settle call is in flight (their flows are done)
   bool carries = false;  // its fetches apply the settles before them (fetch_carries_settles)
-  Wakeup wake;       // a slot freed (or, when it carries, a job began settling), or stop
+  Wakeup wake;       // a slot freed (a flow ended or a settle returned), or stop
 
-  /// Slots a fetch may fill now. When fetches carry the settles, a job being settled no
-  /// longer holds its slot: the fetch applies its settle before taking jobs.
-  int free() const { return slots - inflight + (carries ? settling : 0); }
+  /// Slots a fetch may fill now. A slot is free once its job's flow is done: the settle
+  /// that follows does not hold it, so the next jobs run while the server commits the
+  /// last ones' results. At most `slots` settles are in flight on top of the running
+  /// jobs, so a slow server pushes back instead of piling up settles (and leases).
+  int free() const { return std::min(slots - (inflight - settling), 2 * slots - inflight); }
 };
 
 struct InFlight;
@@ -415,12 +417,10 @@ Task<void> Shard::fetch_loop(Lane& lane) {
       continue;
     }
     // Refill in batches: while fewer than kCoalesceSlots slots (or half of them) are free
-    // and some jobs are being settled (they free their slots within a settle round trip),
-    // wait for them, so that one fetch round trip brings a batch instead of one job per
-    // finished job (a backend that serializes statements on one connection would queue
-    // that fetch behind the settles anyway). Bounded, so a slow settle cannot starve free
-    // slots. A lane whose fetches carry the settles counts their slots free already: it
-    // fetches at once and takes the waiting settles along in the same round trip.
+    // and some jobs are being settled, wait for their settles (bounded, so a slow settle
+    // cannot starve free slots): jobs finishing one by one then refill a few at a time,
+    // not one fetch round trip per finished job. A lane whose fetches carry the settles
+    // fetches at once: its waiting settles travel in the same round trip.
     if (!lane.carries && lane.settling > 0 && free < std::max(1, std::min(lane.slots / 2, kCoalesceSlots))) {
       const double now = mono_s();
       if (coalesce_until == 0) coalesce_until = now + kMaxCoalesceS;
@@ -733,7 +733,7 @@ Task<void> Shard::run_job(std::shared_ptr<InFlight> f) {
   }
   detail::unbind_job(f->trace);
   ++f->lane->settling;
-  if (f->lane->carries) f->lane->wake.notify();  // its slot can be refilled by a fetch that carries the settle
+  f->lane->wake.notify();  // its slot is free (Lane::free)
   co_await settle(*f, std::move(r));
   --f->lane->settling;  // settle() does not throw
 }
