@@ -69,6 +69,8 @@ struct Statement {
   std::string sql;
   /// Run with the queue's pinned planner settings (postgres_queue.cpp, kPinPlans).
   bool pinned = false;
+  /// Commit without waiting for the WAL flush (postgres_queue.cpp, kLazyCommit).
+  bool lazy_commit = false;
 };
 
 using Params = std::vector<std::optional<std::string>>;

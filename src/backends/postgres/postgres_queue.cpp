@@ -56,6 +56,13 @@ constexpr const char* kPinPlans =
     "SET enable_material = off";
 constexpr const char* kUnpinPlans =
     "RESET enable_seqscan; RESET enable_bitmapscan; RESET enable_hashjoin; RESET enable_mergejoin; RESET enable_material";
+// Claims commit without waiting for their WAL to reach disk. Nothing acknowledged rides on
+// a claim: a crash that loses one leaves its job queued (or its expired lease expired),
+// so it is simply claimed again; and every later synchronous commit (a complete, retry,
+// fail, heartbeat or enqueue) flushes the WAL written before it, the claims of the jobs
+// it settles included. Enqueues and settles keep the server's synchronous_commit.
+constexpr const char* kLazyCommit = "SET synchronous_commit = off";
+constexpr const char* kStrictCommit = "RESET synchronous_commit";
 
 // Appends `v` to a PostgreSQL array literal being built in `out` ("{" so far, or "{a,b"),
 // double-quoted with `"` and `\` escaped, so any text (JSON included) round-trips.
@@ -508,6 +515,9 @@ class PostgresQueue final : public JobQueue {
     auto hot = [](const char* name, std::string sql) {
       return Statement{std::string("pf_") + name, std::move(sql), true};
     };
+    auto claim = [](const char* name, std::string sql) {
+      return Statement{std::string("pf_") + name, std::move(sql), true, true};
+    };
     st_enqueue_ = st("enqueue",
         "WITH input AS (SELECT * FROM json_to_recordset($1::json) AS x(ord integer, id text, flow text, tenant text, "
         "payload text, max_attempts integer, priority integer, delay_s double precision, deadline_s double precision, "
@@ -525,7 +535,7 @@ class PostgresQueue final : public JobQueue {
     // the rows it locked by their tuple id (a row locked by us cannot move before we
     // commit), not by a second primary-key lookup: ~2 us less server CPU per claimed job.
     // The id is compared as well, so a tuple id could at worst miss, never claim another row.
-    st_claim_ = hot("claim",
+    st_claim_ = claim("claim",
         "WITH ready AS (SELECT ctid AS tid, id, priority, run_at, seq FROM " + s + ".jobs WHERE state = 'queued' AND "
         "run_at <= " + s + ".now_s() ORDER BY priority DESC, run_at, seq LIMIT $1 FOR UPDATE SKIP LOCKED), "
         "expired AS (SELECT ctid AS tid, id, priority, run_at, seq FROM " + s + ".jobs WHERE state = 'running' AND "
@@ -688,7 +698,8 @@ class PostgresQueue final : public JobQueue {
     Link(asio::any_io_executor ex, std::string label) : pg(ex, std::move(label)) {}
     PgConnection pg;
     bool busy = false;
-    bool pinned = false;  // kPinPlans is in effect on this connection
+    bool pinned = false;       // kPinPlans is in effect on this connection
+    bool lazy_commit = false;  // kLazyCommit is
     detail::WaitSet waiters;
     Clock::time_point next_connect_at{};
     Clock::duration backoff = kBackoffMin;
@@ -722,6 +733,7 @@ class PostgresQueue final : public JobQueue {
     }
     try {
       l.pinned = false;  // a new session has the server's defaults
+      l.lazy_commit = false;
       co_await l.pg.connect(url_, app_name_, kConnectTimeout, secret_);
       l.backoff = kBackoffMin;
       l.next_connect_at = {};
@@ -742,9 +754,13 @@ class PostgresQueue final : public JobQueue {
     auto lock = co_await lock_db(l);
     if (closed_) throw QueueError("postgresql queue " + redacted_ + ": closed");
     if (!l.pg.still_alive()) co_await connect_db(l);
-    if (st.pinned != l.pinned) {
-      co_await l.pg.exec_script(st.pinned ? kPinPlans : kUnpinPlans);
+    if (st.pinned != l.pinned || st.lazy_commit != l.lazy_commit) {
+      std::string setup;
+      if (st.pinned != l.pinned) setup = st.pinned ? kPinPlans : kUnpinPlans;
+      if (st.lazy_commit != l.lazy_commit) setup += std::string(setup.empty() ? "" : "; ") + (st.lazy_commit ? kLazyCommit : kStrictCommit);
+      co_await l.pg.exec_script(setup);
       l.pinned = st.pinned;
+      l.lazy_commit = st.lazy_commit;
     }
     co_return co_await l.pg.exec(st, params);
   }
