@@ -9,7 +9,7 @@
 //
 // Concurrency (DESIGN.md): `threads` shards, each an event loop with its own queue
 // handles (fetch lanes: the backend's JobQueue::fetch_lanes(), each with a share of the
-// slots) and flows; `concurrency` jobs in flight per shard. Shards share nothing but
+// slots) and flows; `concurrency` flows running at once per shard. Shards share nothing but
 // atomics (stats, metrics) and the stop request.
 #pragma once
 
@@ -86,7 +86,7 @@ struct JobReport {
 /// Options. Aggregate; every field has a production default.
 struct WorkerOptions {
   std::string queue_url = "sqlite://./penguiflow.db";
-  int concurrency = 16;                   // jobs in flight per shard
+  int concurrency = 16;                   // flows running at once per shard (and up to as many settles in flight)
   int threads = 1;                        // shards
   int fetch_lanes = 0;                    // queue handles (fetch loops) per shard; 0: the backend's choice
                                           // (JobQueue::fetch_lanes), at most concurrency / 8
