@@ -165,7 +165,7 @@ namespace {
 struct Lane {
   explicit Lane(asio::any_io_executor ex) : wake(ex) {}
   std::unique_ptr<JobQueue> queue;
-  int slots = 0;     // jobs in flight at most (its share of the concurrency)
+  int slots = 0;     // flows running at most (its share of the concurrency)
   int inflight = 0;
   int settling = 0;  // jobs whose settle call is in flight (their flows are done)
   bool carries = false;  // its fetches apply the settles before them (fetch_carries_settles)
