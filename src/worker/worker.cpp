@@ -271,6 +271,7 @@ class Shard : public std::enable_shared_from_this<Shard> {
   bool done_ = false;
   int inflight_ = 0;  // every lane's
   static constexpr double kMaxCoalesceS = 0.05;
+  static constexpr double kMaxCoalesceCarryingS = 0.001;
   // Refill once this many slots are free (or half of them, when fewer): waiting for half
   // of 200 slots left the connection idle between rounds (Redis, c=200: ~20% fewer jobs/s).
   static constexpr int kCoalesceSlots = 32;
@@ -417,13 +418,16 @@ Task<void> Shard::fetch_loop(Lane& lane) {
       continue;
     }
     // Refill in batches: while fewer than kCoalesceSlots slots (or half of them) are free
-    // and some jobs are being settled, wait for their settles (bounded, so a slow settle
-    // cannot starve free slots): jobs finishing one by one then refill a few at a time,
-    // not one fetch round trip per finished job. A lane whose fetches carry the settles
-    // fetches at once: its waiting settles travel in the same round trip.
-    if (!lane.carries && lane.settling > 0 && free < std::max(1, std::min(lane.slots / 2, kCoalesceSlots))) {
+    // and more are about to be, wait for them (bounded, so slow jobs or settles cannot
+    // starve free slots), so that jobs finishing one by one refill a few at a time, not
+    // one fetch round trip per finished job. About to be: jobs whose settle is in flight
+    // (back within a round trip); on a lane whose fetches carry the settles, jobs still
+    // running, for a short while (a fetch now would carry a few settles and bring a few
+    // jobs; Redis, long-lived flows, which finish their jobs one by one: c=50 +50%).
+    const bool more_soon = lane.carries ? lane.inflight - lane.settling > 0 : lane.settling > 0;
+    if (more_soon && free < std::max(1, std::min(lane.slots / 2, kCoalesceSlots))) {
       const double now = mono_s();
-      if (coalesce_until == 0) coalesce_until = now + kMaxCoalesceS;
+      if (coalesce_until == 0) coalesce_until = now + (lane.carries ? kMaxCoalesceCarryingS : kMaxCoalesceS);
       if (now < coalesce_until) {
         co_await lane.wake.wait_for(coalesce_until - now);
         continue;
