@@ -12,7 +12,7 @@
 //   process c=C     N pre-enqueued no-op jobs, fetched in batches and completed by K
 //                   consumers (separate queue handles, C/K jobs in flight each). K by
 //                   default as the worker runs its fetch lanes: the backend's
-//                   JobQueue::fetch_lanes() (Redis 4, else 1), at most C/8; --consumers K
+//                   JobQueue::fetch_lanes() (Redis 2, else 1), at most C/8; --consumers K
 //                   sets it (then the variant names it)
 //   latency         1,000 jobs enqueued ~1 ms apart to an idle consumer; enqueue call ->
 //                   fetch returned, p50 / p99 / max. "same handle": producer and consumer

@@ -149,7 +149,7 @@ int run(int argc, char** argv, worker::FlowRegistry flows) {
   add_namespace(worker_cmd, wo.queue_config.namespace_);
   worker_cmd->add_option("-c,--concurrency", wo.concurrency, "Flows running at once per thread (up to as many finished jobs may wait for their settle to commit)")->envname("PENGUIFLOW_CONCURRENCY")->check(CLI::Range(1, 100000))->capture_default_str();
   worker_cmd->add_option("--threads", wo.threads, "Shards (event-loop threads)")->envname("PENGUIFLOW_THREADS")->check(CLI::Range(1, 256))->capture_default_str();
-  worker_cmd->add_option("--fetch-lanes", wo.fetch_lanes, "Queue handles fetching at once per thread, each with a share of the slots (0: the backend's choice: 4 on Redis, else 1; at most concurrency/8)")->envname("PENGUIFLOW_FETCH_LANES")->check(CLI::Range(0, 64))->capture_default_str();
+  worker_cmd->add_option("--fetch-lanes", wo.fetch_lanes, "Queue handles fetching at once per thread, each with a share of the slots (0: the backend's choice: 2 on Redis, else 1; at most concurrency/8)")->envname("PENGUIFLOW_FETCH_LANES")->check(CLI::Range(0, 64))->capture_default_str();
   worker_cmd->add_option("--mode", mode, "stateless (new flow per job) or long-lived")->envname("PENGUIFLOW_MODE")->check(CLI::IsMember({"stateless", "long-lived"}))->capture_default_str();
   worker_cmd->add_option("--rebuild-after-jobs", wo.rebuild_after_jobs, "long-lived: rebuild a flow after N jobs")->envname("PENGUIFLOW_REBUILD_AFTER_JOBS")->check(CLI::PositiveNumber)->capture_default_str();
   worker_cmd->add_option("--rebuild-after-failures", wo.rebuild_after_failures, "long-lived: rebuild a flow after M failed jobs")->envname("PENGUIFLOW_REBUILD_AFTER_FAILURES")->check(CLI::PositiveNumber)->capture_default_str();

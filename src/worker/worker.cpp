@@ -441,7 +441,7 @@ Task<void> Shard::fetch_loop(Lane& lane) {
       // its flows while the other is settled and refilled, instead of every slot waiting
       // for one round trip after the other (Redis c=50: fetch, run, settle in lockstep;
       // +10% e2e). Several lanes already take turns: each fetches all its free slots
-      // (Redis, 4 lanes, worker_bench long-lived c=50 +10-25%).
+      // (Redis, 4 lanes then, worker_bench long-lived c=50 +10-25%).
       const int cap = lanes_.size() > 1 ? lane.slots : (lane.slots + 1) / 2;
       const int max_jobs = std::min(free, std::max(1, cap));
       queue::FetchRequest req{max_jobs, opts_.fetch_wait, std::chrono::milliseconds(std::int64_t(opts_.lease_s * 1000)),

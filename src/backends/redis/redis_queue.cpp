@@ -397,7 +397,7 @@ class RedisQueue final : public JobQueue {
   }
 
   std::string describe() const override { return ep_.redacted; }
-  int fetch_lanes() const override { return 4; }  // architecture.md "Fetch lanes"
+  int fetch_lanes() const override { return 2; }  // architecture.md "Fetch lanes"
   bool fetch_carries_settles() const override { return true; }  // one connection, in order; fetch() takes the waiting ones
 
  private:
