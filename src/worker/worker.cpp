@@ -418,12 +418,13 @@ Task<void> Shard::fetch_loop(Lane& lane) {
       continue;
     }
     // Refill in batches: while fewer than kCoalesceSlots slots (or half of them) are free
-    // and more are about to be, wait for them (bounded, so slow jobs or settles cannot
-    // starve free slots), so that jobs finishing one by one refill a few at a time, not
-    // one fetch round trip per finished job. About to be: jobs whose settle is in flight
-    // (back within a round trip); on a lane whose fetches carry the settles, jobs still
-    // running, for a short while (a fetch now would carry a few settles and bring a few
-    // jobs; Redis, long-lived flows, which finish their jobs one by one: c=50 +50%).
+    // and more jobs are about to finish, wait a little (bounded, so slow jobs or settles
+    // cannot starve free slots), so that jobs finishing one by one refill a few at a
+    // time, not one fetch round trip per finished job. A lane waits while settles are in
+    // flight (about one settle round trip: the jobs finishing meanwhile join the batch),
+    // or, when its fetches carry the settles, while jobs still run, up to 1 ms (a fetch
+    // now would carry a few settles and bring a few jobs; Redis, long-lived flows, which
+    // finish their jobs one by one: c=50 +50%).
     const bool more_soon = lane.carries ? lane.inflight - lane.settling > 0 : lane.settling > 0;
     if (more_soon && free < std::max(1, std::min(lane.slots / 2, kCoalesceSlots))) {
       const double now = mono_s();

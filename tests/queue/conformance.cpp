@@ -391,9 +391,6 @@ TEST_P(QueueConformance, Q3_HeartbeatExtendsLease) {
   });
 }
 
-// ---------------------------------------------------------------------------------------
-// Q4: order and delays.
-
 // A backend whose fetches carry the settles (JobQueue::fetch_carries_settles; a worker
 // then fetches for the slots of jobs still being settled) applies every complete / retry
 // / fail called on a handle before a fetch on it, before that fetch takes any job.
@@ -407,12 +404,13 @@ TEST_P(QueueConformance, Q2_AFetchAppliesTheSettlesCalledBeforeIt) {
     co_await q.enqueue_bulk(jobs);
     auto got = co_await q.fetch(fetch_req(3));
     REQUIRE(got.size() == 3);
-    // Called, not awaited: none is answered before the fetch below is issued.
-    std::vector<std::optional<Settle>> results(3);
+    // Called, not awaited: none is answered before the fetch below is issued. (The
+    // results outlive a body that fails early: the calls may still be out then.)
+    auto results = std::make_shared<std::vector<std::optional<Settle>>>(3);
     Lease stale = got[2].lease;
     stale.token += "x";
     auto settle = [&](int i, std::function<Task<Settle>()> call) {
-      asio::co_spawn(ex, [&results, i, call]() -> Task<void> { results[i] = co_await call(); }, asio::detached);
+      asio::co_spawn(ex, [results, i, call]() -> Task<void> { (*results)[i] = co_await call(); }, asio::detached);
     };
     settle(0, [&q, l = got[0].lease]() { return q.complete(l, nullptr, 0.01); });
     settle(1, [&q, l = got[1].lease]() { return q.retry(l, 0, std::string("again")); });
@@ -422,18 +420,40 @@ TEST_P(QueueConformance, Q2_AFetchAppliesTheSettlesCalledBeforeIt) {
     REQUIRE(again[0].job.id == got[1].job.id);
     REQUIRE(again[0].job.attempts == 2);
     REQUIRE(again[0].job.reason == "again");
-    for (int i = 0; i < 500 && !(results[0] && results[1] && results[2]); ++i) co_await sleep_for(10ms);
-    REQUIRE(results[0] == Settle::ok);
-    REQUIRE(results[1] == Settle::ok);
-    REQUIRE(results[2] == Settle::stale);
+    auto& res = *results;
+    for (int i = 0; i < 500 && !(res[0] && res[1] && res[2]); ++i) co_await sleep_for(10ms);
+    REQUIRE(res[0] == Settle::ok);
+    REQUIRE(res[1] == Settle::ok);
+    REQUIRE(res[2] == Settle::stale);
     auto cnt = co_await q.counts();
     REQUIRE(count_of(cnt.by_state, "succeeded") == 1);
     REQUIRE(count_of(cnt.by_state, "running") == 2);
     REQUIRE(count_of(cnt.by_state, "queued") == 0);
     REQUIRE(co_await q.complete(again[0].lease, nullptr, 0.01) == Settle::ok);
     REQUIRE(co_await q.complete(got[2].lease, nullptr, 0.01) == Settle::ok);
+    // Many at once (more than one settle batch): still every one before the fetch.
+    constexpr int kMany = 300;
+    std::vector<NewJob> many(kMany, new_job());
+    co_await q.enqueue_bulk(many);
+    auto leased = co_await q.fetch(fetch_req(kMany));
+    REQUIRE(static_cast<int>(leased.size()) == kMany);
+    auto retried = std::make_shared<int>(0);
+    for (auto& lj : leased)
+      asio::co_spawn(
+          ex,
+          [&q, retried, l = lj.lease]() -> Task<void> {
+            if (co_await q.retry(l, 0, std::string("again")) == Settle::ok) ++*retried;
+          },
+          asio::detached);
+    auto back = co_await q.fetch(fetch_req(kMany, 0ms));
+    REQUIRE(static_cast<int>(back.size()) == kMany);
+    for (int i = 0; i < 500 && *retried < kMany; ++i) co_await sleep_for(10ms);
+    REQUIRE(*retried == kMany);
   });
 }
+
+// ---------------------------------------------------------------------------------------
+// Q4: order and delays.
 
 TEST_P(QueueConformance, Q4_DelayedJobNotFetchedEarly) {
   SKIP_IF_UNAVAILABLE();

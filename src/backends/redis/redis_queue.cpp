@@ -232,8 +232,15 @@ class RedisQueue final : public JobQueue {
     const int max_jobs = std::max(1, req.max_jobs);
     std::vector<LeasedJob> out;
     // The settles waiting on this handle ride on the first call: applied before anything
-    // is taken (fetch_carries_settles()), in one script call instead of two.
+    // is taken (fetch_carries_settles()), in one script call instead of two. More than
+    // one batch waiting (a lane with over kMaxBatch slots): the others go first.
     auto carried = take_batch(nullptr);
+    while (!pending_settles_.empty()) {
+      std::vector<std::string> argv{num(ms_floor(unix_now())), std::to_string(carried.size())};
+      append_settle_args(argv, carried);
+      co_await send_batch(Script::settle_batch, std::move(argv), carried, -1);
+      carried = take_batch(nullptr);
+    }
     while (true) {
       double now = ms_floor(unix_now());
       double expires = ms_floor(now + std::chrono::duration<double>(req.lease).count());

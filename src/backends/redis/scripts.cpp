@@ -264,11 +264,12 @@ if n > 0 then
 end
 count_flush()
 -- Nothing left to signal: drop stale wake-up tokens (ZPOPMIN taking fewer than asked
--- emptied the set), unless this call's retries just made jobs ready for the waiters.
-if settle_wakes > 0 then
-  wake(settle_wakes)
-elseif #taken < 2 * tonumber(ARGV[3]) or redis.call('ZCARD', K_READY) == 0 then
+-- emptied the set); else wake waiters for the jobs this call's retries made ready (as a
+-- settle_batch call and the fetch after it would leave the tokens).
+if #taken < 2 * tonumber(ARGV[3]) or redis.call('ZCARD', K_READY) == 0 then
   redis.call('DEL', K_WAKE)
+elseif settle_wakes > 0 then
+  wake(settle_wakes)
 end
 -- The earliest time something may become ready (only read by a fetch that got nothing).
 local next_due = ''
