@@ -236,9 +236,7 @@ class RedisQueue final : public JobQueue {
     // one batch waiting (a lane with over kMaxBatch slots): the others go first.
     auto carried = take_batch(nullptr);
     while (!pending_settles_.empty()) {
-      std::vector<std::string> argv{num(ms_floor(unix_now())), std::to_string(carried.size())};
-      append_settle_args(argv, carried);
-      co_await send_batch(Script::settle_batch, std::move(argv), carried, -1);
+      co_await send_settle_batch(carried);
       carried = take_batch(nullptr);
     }
     while (true) {
@@ -536,9 +534,7 @@ class RedisQueue final : public JobQueue {
       finish_batch(batch, failed);
       if (failed) std::rethrow_exception(failed);
     } else {
-      std::vector<std::string> argv{num(ms_floor(unix_now())), std::to_string(batch.size())};
-      append_settle_args(argv, batch);
-      co_await send_batch(Script::settle_batch, std::move(argv), batch, -1);
+      co_await send_settle_batch(batch);
     }
     if ((co_await boost::asio::this_coro::cancellation_state).cancelled() != boost::asio::cancellation_type::none)
       throw boost::system::system_error(boost::asio::error::operation_aborted);  // settled, unseen
@@ -599,6 +595,13 @@ class RedisQueue final : public JobQueue {
     finish_batch(batch, failed);
     if (failed) std::rethrow_exception(failed);
     co_return r;
+  }
+
+  /// `batch` as one settle_batch script call.
+  Task<void> send_settle_batch(std::vector<std::shared_ptr<PendingSettle>>& batch) {
+    std::vector<std::string> argv{num(ms_floor(unix_now())), std::to_string(batch.size())};
+    append_settle_args(argv, batch);
+    co_await send_batch(Script::settle_batch, std::move(argv), batch, -1);
   }
 
   /// A batch is done (results set, or `failed`): resumes its callers and, when nothing is
