@@ -222,7 +222,11 @@ for i = 1, #due, 2 do
 end
 -- Q6: take up to max jobs in Q4 order. Every job of one call gets the same lease value
 -- (one random token per call: fencing is per job, and a job is in one call at most).
-local taken = redis.call('ZPOPMIN', K_READY, tonumber(ARGV[3]))
+-- (ZRANGE + ZREMRANGEBYRANK rather than ZPOPMIN: the scores are not needed, and formatting
+-- each one as a double for the reply cost more than the second call.)
+local max = tonumber(ARGV[3])
+local taken = redis.call('ZRANGE', K_READY, 0, max - 1)
+if #taken > 0 then redis.call('ZREMRANGEBYRANK', K_READY, 0, #taken - 1) end
 local pre = ARGV[6] .. ' ' .. ARGV[5] .. ' '
 local post = ' ' .. #ARGV[4] .. ' ' .. ARGV[4]
 local exp = ARGV[5]
@@ -233,7 +237,7 @@ local per_tenant = {}
 -- attempts + 1 without Lua's number-to-text formatting (a printf per job) in the usual cases
 local NEXT = {['0'] = '1', ['1'] = '2', ['2'] = '3', ['3'] = '4', ['4'] = '5'}
 local n = 0
-for i = 1, #taken, 2 do
+for i = 1, #taken do
   local id = string.sub(taken[i], 34)
   -- priority is read from the document (never changed); details only matter to dead jobs
   local h = redis.call('HMGET', PREFIX .. id, 'state', 'tenant', 'attempts', 'doc', 'run_at', 'created_at', 'reason')
@@ -266,7 +270,7 @@ count_flush()
 -- Nothing left to signal: drop stale wake-up tokens (ZPOPMIN taking fewer than asked
 -- emptied the set); else wake waiters for the jobs this call's retries made ready (as a
 -- settle_batch call and the fetch after it would leave the tokens).
-if #taken < 2 * tonumber(ARGV[3]) or redis.call('ZCARD', K_READY) == 0 then
+if #taken < max or redis.call('ZCARD', K_READY) == 0 then
   redis.call('DEL', K_WAKE)
 elseif settle_wakes > 0 then
   wake(settle_wakes)
