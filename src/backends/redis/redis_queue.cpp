@@ -134,12 +134,14 @@ Job job_from_fields(const Fields& f, const QueueConfig& config, std::optional<De
   return job;
 }
 
-/// A job as the fetch script returns it: {id, doc, tenant, attempts, run_at, created_at,
-/// reason} (nil where the hash has no such field), now running. The priority comes from
-/// the document (the hash's copy never differs).
-Job job_from_fetch(const RespValue& v, const QueueConfig& config, double now, std::optional<DecodeError>* decode_error) {
-  static const RespValue nil;
-  auto at = [&](std::size_t i) -> const RespValue& { return i < v.elements.size() ? v.elements[i] : nil; };
+/// The fetch script returns 7 elements per job, one job after the other.
+constexpr std::size_t kFetchFields = 7;
+
+/// A job as the fetch script returns it: id, doc, tenant, attempts, run_at, created_at,
+/// reason (nil where the hash has no such field), at `f`; now running. The priority comes
+/// from the document (the hash's copy never differs).
+Job job_from_fetch(const RespValue* f, const QueueConfig& config, double now, std::optional<DecodeError>* decode_error) {
+  auto at = [&](std::size_t i) -> const RespValue& { return f[i]; };
   const std::string& id = at(0).str;
   Job job;
   if (at(1).is_nil()) {
@@ -254,12 +256,14 @@ class RedisQueue final : public JobQueue {
         append_settle_args(args1, batch);
         r = co_await send_batch(Script::fetch, std::move(args1), batch, 2);
       }
-      if (!r.is_array() || r.elements.size() != 3) throw error("unexpected fetch reply");
+      if (!r.is_array() || r.elements.size() != 3 || r.elements[1].elements.size() % kFetchFields != 0)
+        throw error("unexpected fetch reply");
       const std::string next_due = r.elements[0].str;
       bool refused = false;
-      for (const auto& jv : r.elements[1].elements) {
+      const auto& taken = r.elements[1].elements;
+      for (std::size_t k = 0; k < taken.size(); k += kFetchFields) {
         std::optional<DecodeError> bad;
-        Job job = job_from_fetch(jv, config_, now, &bad);
+        Job job = job_from_fetch(&taken[k], config_, now, &bad);
         job.lease_owner = req.owner;
         job.lease_expires_at = expires;
         Lease lease{job.id, req.owner, token_prefix, expires};

@@ -150,10 +150,11 @@ return out
 // ARGV: prefix, now, max, owner, lease_expires_at, token_prefix, then optionally n and
 // n x 6 settle arguments (settle_many()): the settles the handle had waiting, applied
 // before anything is taken, so the jobs they free make room for this fetch's.
-// Returns {next_due ('' when none or when jobs were taken), {job1, job2, ...}, {settle
-// results}}; each job is the array {id, doc, tenant, attempts (after this fetch), run_at,
-// created_at, reason} (nil where the hash has no such field); the lease token is ARGV[6]
-// for every job.
+// Returns {next_due ('' when none or when jobs were taken), {jobs}, {settle results}};
+// {jobs} holds 7 elements per job, one job after the other: id, doc, tenant, attempts
+// (after this fetch), run_at, created_at, reason (nil where the hash has no such field;
+// HMGET's nil is Lua's false, which keeps the array whole). The lease token is ARGV[6] for
+// every job.
 const char* const kFetch = R"LUA(
 local settled, settle_wakes = {}, 0
 local n_settle = tonumber(ARGV[7] or '0')
@@ -250,8 +251,10 @@ for i = 1, #taken do
     leased[2 * n - 1] = exp
     leased[2 * n] = id
     per_tenant[tenant] = (per_tenant[tenant] or 0) + 1
-    -- id, doc, tenant, attempts, run_at, created_at, reason
-    jobs[n] = {id, h[4], h[2], attempts, h[5], h[6], h[7]}
+    -- id, doc, tenant, attempts, run_at, created_at, reason: one flat array, no table per job
+    local b = 7 * (n - 1)
+    jobs[b + 1], jobs[b + 2], jobs[b + 3], jobs[b + 4], jobs[b + 5], jobs[b + 6], jobs[b + 7] =
+      id, h[4], h[2], attempts, h[5], h[6], h[7]
   end
 end
 if n > 0 then
