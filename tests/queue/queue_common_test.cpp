@@ -27,6 +27,25 @@ TEST(RedactUrl, HidesPasswords) {
   EXPECT_EQ(redact_url("not a url"), "not a url");
   // '@' in the path is not userinfo.
   EXPECT_EQ(redact_url("sqlite:///tmp/a:b@c.db"), "sqlite:///tmp/a:b@c.db");
+  // libpq takes userinfo up to the last '@' before the path, so a password may hold '?',
+  // '#' or '@' (percent-encoding is optional for libpq; such URLs are not valid RFC 3986).
+  EXPECT_EQ(redact_url("postgresql://bob:pa?ss@db/jobs"), "postgresql://bob:***@db/jobs");
+  EXPECT_EQ(redact_url("postgresql://bob:pa#ss@db:5432"), "postgresql://bob:***@db:5432");
+  EXPECT_EQ(redact_url("postgresql://bob:p@ss@db/jobs"), "postgresql://bob:***@db/jobs");
+  EXPECT_EQ(redact_url("redis://:a:b?c@127.0.0.1:6379/0"), "redis://:***@127.0.0.1:6379/0");
+  // Every secret query parameter, sslpassword included, and each one of several.
+  EXPECT_EQ(redact_url("postgresql://db/jobs?sslpassword=k1&sslmode=require&password=x1"),
+            "postgresql://db/jobs?sslpassword=***&sslmode=require&password=***");
+  EXPECT_EQ(redact_url("postgresql://db/jobs?application_name=password=no"),
+            "postgresql://db/jobs?application_name=password=no");
+}
+
+TEST(RedactUrl, SecretsAreWhatItHidesAsWrittenAndDecoded) {
+  EXPECT_EQ(url_secrets("postgresql://bob:p%40ss@db/jobs?sslpassword=k1"),
+            (std::vector<std::string>{"p%40ss", "p@ss", "k1"}));
+  EXPECT_EQ(url_secrets("redis://:pa?ss@127.0.0.1:6379/0"), (std::vector<std::string>{"pa?ss"}));
+  EXPECT_TRUE(url_secrets("postgresql://bob@db/jobs").empty());
+  EXPECT_TRUE(url_secrets("sqlite:///tmp/a:b@c.db").empty());
 }
 
 TEST(Ids, AreUniqueAndTimeOrdered) {

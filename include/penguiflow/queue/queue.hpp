@@ -217,7 +217,13 @@ inline int fetch_lanes_for(int wanted, int slots) {
 Task<std::unique_ptr<JobQueue>> open_queue(boost::asio::any_io_executor ex, std::string url, QueueConfig config);
 Task<std::unique_ptr<JobQueue>> open_queue(boost::asio::any_io_executor ex, std::string url);
 
-/// Returns the URL with any password replaced by "***".
+/// Returns the URL with any password replaced by "***": the userinfo password (up to the
+/// last '@' before the path, so one holding '?' or '#' too) and the values of password=,
+/// sslpassword=, pass= and secret= query parameters. Works on text that is not a valid URL.
 std::string redact_url(std::string_view url);
+
+/// The secrets redact_url() hides, each as written and percent-decoded (when different):
+/// for scrubbing a server's or a library's messages that may echo them.
+std::vector<std::string> url_secrets(std::string_view url);
 
 }  // namespace penguiflow::queue

@@ -76,8 +76,9 @@ std::string PgConnection::libpq_error() const {
   std::string m = conn_ ? PQerrorMessage(conn_) : "no connection";
   while (!m.empty() && (m.back() == '\n' || m.back() == ' ')) m.pop_back();
   // libpq may echo parts of a malformed connection string; never let a password through.
-  if (!secret_.empty())
-    for (auto p = m.find(secret_); p != std::string::npos; p = m.find(secret_, p)) m.replace(p, secret_.size(), "***");
+  for (const auto& secret : secrets_)
+    for (auto p = m.find(secret); p != std::string::npos; p = m.find(secret, p + 3))
+      m.replace(p, secret.size(), "***");  // (p + 3: a secret like "**" must not match its own mask)
   return m;
 }
 
@@ -110,9 +111,9 @@ Task<void> PgConnection::wait_readable() {
 }
 
 Task<void> PgConnection::connect(const std::string& url, const std::string& app_name,
-                                 std::chrono::milliseconds timeout, const std::string& secret) {
+                                 std::chrono::milliseconds timeout, const std::vector<std::string>& secrets) {
   close();
-  secret_ = secret;
+  secrets_ = secrets;
   const char* keys[] = {"dbname", "fallback_application_name", nullptr};
   const char* vals[] = {url.c_str(), app_name.c_str(), nullptr};
   conn_ = PQconnectStartParams(keys, vals, 1);

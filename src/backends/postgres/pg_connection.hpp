@@ -84,10 +84,10 @@ class PgConnection {
   PgConnection& operator=(const PgConnection&) = delete;
 
   /// Connects (closing any previous connection). Throws PgError naming the label and
-  /// libpq's cause; `secret` (the URL's password, if any) is scrubbed from the message.
+  /// libpq's cause; `secrets` (the URL's passwords: url_secrets()) are scrubbed from the message.
   /// Cancellable (cancel() or the awaiting operation's slot).
   Task<void> connect(const std::string& url, const std::string& app_name, std::chrono::milliseconds timeout,
-                     const std::string& secret);
+                     const std::vector<std::string>& secrets);
 
   bool connected() const { return conn_ != nullptr; }
 
@@ -125,7 +125,7 @@ class PgConnection {
 
   boost::asio::any_io_executor ex_;
   std::string label_;
-  std::string secret_;
+  std::vector<std::string> secrets_;
   pg_conn* conn_ = nullptr;
   std::unique_ptr<boost::asio::posix::stream_descriptor> sd_;
   std::unordered_set<std::string> prepared_;

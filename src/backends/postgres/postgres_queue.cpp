@@ -13,7 +13,6 @@
 #include <boost/asio/post.hpp>
 #include <boost/json/parse.hpp>
 #include <boost/json/serialize.hpp>
-#include <boost/url/parse.hpp>
 
 #include <algorithm>
 #include <cstdio>
@@ -147,8 +146,7 @@ class PostgresQueue final : public JobQueue {
         settle_(ex, "postgresql queue " + redacted_ + " (settle)"),
         listen_(ex, "postgresql queue " + redacted_ + " (listen)"),
         listen_timer_(ex) {
-    auto u = boost::urls::parse_uri(url_);
-    if (u && u->has_password()) secret_ = u->password();
+    secrets_ = url_secrets(url_);
     build_statements();
   }
 
@@ -734,7 +732,7 @@ class PostgresQueue final : public JobQueue {
     try {
       l.pinned = false;  // a new session has the server's defaults
       l.lazy_commit = false;
-      co_await l.pg.connect(url_, app_name_, kConnectTimeout, secret_);
+      co_await l.pg.connect(url_, app_name_, kConnectTimeout, secrets_);
       l.backoff = kBackoffMin;
       l.next_connect_at = {};
     } catch (const PgError&) {
@@ -805,7 +803,7 @@ class PostgresQueue final : public JobQueue {
   // --- notifications -------------------------------------------------------------------
 
   Task<void> connect_listen() {
-    co_await listen_.connect(url_, app_name_, kConnectTimeout, secret_);
+    co_await listen_.connect(url_, app_name_, kConnectTimeout, secrets_);
     co_await listen_.exec_script("LISTEN " + qs_);
     listen_up_ = true;
     ++epoch_;
@@ -863,7 +861,7 @@ class PostgresQueue final : public JobQueue {
   asio::any_io_executor ex_;
   std::string url_;
   std::string redacted_;
-  std::string secret_;
+  std::vector<std::string> secrets_;  // url_secrets(url_): scrubbed from libpq's messages
   QueueConfig config_;
   std::string qs_;
   std::string app_name_;
