@@ -512,7 +512,7 @@ TEST_F(RedisQueueTest, JobEnqueuedWithRedisCliIsFetchedAndCompleted) {
   };
   // Exactly the commands of docs/wire-format.md#redis.
   const std::string key = "{" + ns + "}:job:cli-1";
-  auto r1 = run_process(with({"HSET", key, "doc",
+  auto r1 = run_process(with({"HSETNX", key, "doc",
                               R"({"flow":"quickstart","tenant":"acme","payload":{"from":"redis-cli"},"priority":2})"}));
   ASSERT_EQ(r1.status, 0) << r1.out;
   auto r2 = run_process(with({"ZADD", "{" + ns + "}:scheduled", "0", "cli-1"}));
@@ -556,6 +556,53 @@ TEST_F(RedisQueueTest, UnreachableServerIsAQueueErrorWithTheRedactedUrl) {
     EXPECT_NE(msg.find(redact_url(url)), std::string::npos) << msg;
     EXPECT_NE(msg.find("cannot connect"), std::string::npos) << msg;
   }
+}
+
+// A queue carries its layout version; one a newer build wrote is refused (its keys would be
+// misread), with the URL and both versions named; older ones are read and stamped.
+TEST_F(RedisQueueTest, AQueueOfANewerLayoutIsRefusedWithBothVersionsNamed) {
+  const auto ns = unique_ns();
+  const std::string key = "{" + ns + "}:layout";
+  auto open_error = [&]() -> std::string {
+    try {
+      penguiflow::testing::run_async([&]() -> Task<void> {
+        auto q = co_await open_redis_queue(co_await asio::this_coro::executor, url_, config_for(ns));
+        co_await q->close();
+      }());
+    } catch (const QueueError& e) {
+      return e.what();
+    }
+    return {};
+  };
+  auto admin_cmd = [&](std::vector<std::string> args) -> std::string {
+    std::string out;
+    penguiflow::testing::run_async([&]() -> Task<void> {
+      Connection admin(co_await asio::this_coro::executor, parse_redis_url(url_));
+      auto r = co_await raw(admin, std::move(args));
+      out = r.str;
+      admin.close();
+    }());
+    return out;
+  };
+  EXPECT_EQ(open_error(), "");  // a new queue is stamped with this build's layout
+  EXPECT_EQ(admin_cmd({"GET", key}), std::to_string(kRedisLayoutVersion));
+
+  admin_cmd({"SET", key, std::to_string(kRedisLayoutVersion + 1)});
+  auto msg = open_error();
+  EXPECT_NE(msg.find(redact_url(url_)), std::string::npos) << msg;
+  EXPECT_NE(msg.find("layout version " + std::to_string(kRedisLayoutVersion + 1)), std::string::npos) << msg;
+  EXPECT_NE(msg.find("newer than this build knows (" + std::to_string(kRedisLayoutVersion) + ")"), std::string::npos)
+      << msg;
+  EXPECT_EQ(admin_cmd({"GET", key}), std::to_string(kRedisLayoutVersion + 1));  // left as it was
+
+  admin_cmd({"SET", key, "three"});
+  msg = open_error();
+  EXPECT_NE(msg.find("unreadable layout version 'three'"), std::string::npos) << msg;
+
+  admin_cmd({"SET", key, "1"});  // an older layout: read, and stamped with ours
+  EXPECT_EQ(open_error(), "");
+  EXPECT_EQ(admin_cmd({"GET", key}), std::to_string(kRedisLayoutVersion));
+  admin_cmd({"DEL", key});
 }
 
 TEST_F(RedisQueueTest, BadUrlAndBadNamespaceAreQueueErrors) {

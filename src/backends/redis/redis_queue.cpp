@@ -194,6 +194,30 @@ class RedisQueue final : public JobQueue {
                     replies[i].str + ")");
       shas_[i] = replies[i].str;
     }
+    co_await check_layout();
+  }
+
+  /// Stamps a queue without a layout key with ours (a new queue, or one of layouts 1-2,
+  /// which this build reads), and refuses one a newer build wrote: its scripts would
+  /// misread keys they do not know.
+  Task<void> check_layout() {
+    const std::string ours = std::to_string(kRedisLayoutVersion);
+    std::vector<std::vector<std::string>> cmds{{"SET", keys_.layout, ours, "NX"}, {"GET", keys_.layout}};
+    auto r = co_await conn_.exec_many(std::move(cmds));
+    if (r.size() != 2 || r[1].is_error()) throw error("cannot read the queue's layout version");
+    const std::string& have = r[1].str;
+    int v = 0;
+    auto [end, ec] = std::from_chars(have.data(), have.data() + have.size(), v);
+    if (ec != std::errc() || end != have.data() + have.size() || v < 1)
+      throw error("namespace '" + config_.namespace_ + "' has an unreadable layout version '" + have + "' in " +
+                  keys_.layout);
+    if (v > kRedisLayoutVersion)
+      throw error("namespace '" + config_.namespace_ + "' is at layout version " + have +
+                  ", newer than this build knows (" + ours + "); upgrade penguiflow");
+    if (v < kRedisLayoutVersion) {
+      std::vector<std::string> set{"SET", keys_.layout, ours};
+      co_await conn_.exec(std::move(set));
+    }
   }
 
   Task<EnqueueResult> enqueue(NewJob job) override {

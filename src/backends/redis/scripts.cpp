@@ -16,6 +16,7 @@ QueueKeys::QueueKeys(const std::string& ns) {
   leases = p + "leases";
   succeeded = p + "succeeded";
   effects = p + "effects";
+  layout = p + "layout";
   job_prefix = p + "job:";
 }
 

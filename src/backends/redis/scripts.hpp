@@ -24,6 +24,7 @@ struct QueueKeys {
   explicit QueueKeys(const std::string& ns);
   std::string ready, scheduled, leased, done, dead, idem, counts, wake, seq, leases, succeeded;  // script KEYS, in order
   std::string effects;                                                         // W7 hash
+  std::string layout;  // the layout version of the queue's keys (kRedisLayoutVersion)
   std::string job_prefix;                                                      // + id = job hash
   std::vector<std::string> script_keys() const;
   std::string job(std::string_view id) const { return job_prefix + std::string(id); }
