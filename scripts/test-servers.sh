@@ -12,8 +12,21 @@ free_port() {
 
 PGBIN=/usr/lib/postgresql/15/bin
 
+# If `start` fails half way, stop what it started and say why (the logs go to stderr).
+STARTING=
+on_exit() {
+  local rc=$?
+  if [ "$rc" -ne 0 ] && [ -n "$STARTING" ]; then
+    echo "test-servers: could not start the test servers (exit $rc); their logs:" >&2
+    cat "$STARTING/redis.log" "$STARTING/pg/log" >&2 2>/dev/null || true
+    stop "$STARTING" >&2
+  fi
+}
+trap on_exit EXIT
+
 start() {
   local dir; dir=$(mktemp -d /tmp/penguiflow-servers.XXXXXX)
+  STARTING=$dir
   chmod 755 "$dir"
   local pg_port redis_port
   pg_port=$(free_port); redis_port=$(free_port)
@@ -29,9 +42,12 @@ start() {
   "${as_pg[@]}" "$PGBIN/initdb" -D "$dir/pg/data" -U postgres -A trust --no-sync >/dev/null
   "${as_pg[@]}" "$PGBIN/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/log" -w -t 60 \
     -o "-p $pg_port -k $dir/pg -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" start >/dev/null
+  local up=0
   for _ in $(seq 1 100); do
-    redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1
+    if redis-cli -p "$redis_port" ping >/dev/null 2>&1; then up=1; break; fi
+    sleep 0.1
   done
+  [ "$up" = 1 ] || { echo "test-servers: redis-server did not answer on 127.0.0.1:$redis_port" >&2; exit 1; }
   psql -h 127.0.0.1 -p "$pg_port" -U postgres -qc "create database penguiflow_test" >/dev/null
   cat <<EOT
 export PENGUIFLOW_TEST_SERVERS_DIR=$dir
@@ -40,6 +56,7 @@ export PENGUIFLOW_TEST_PG_PORT=$pg_port
 export PENGUIFLOW_TEST_REDIS_URL=redis://127.0.0.1:$redis_port/0
 export PENGUIFLOW_TEST_REDIS_PORT=$redis_port
 EOT
+  STARTING=
 }
 
 stop() {
