@@ -245,6 +245,18 @@ class Shard : public std::enable_shared_from_this<Shard> {
   Task<RunResult> execute(InFlight& f, const FlowEntry& entry);
   Task<RunResult> await_result(Flow& flow, const std::string& trace, const FinalPredicate& is_final);
   Task<void> settle(InFlight& f, RunResult r);
+  /// One complete / retry / fail as settle() decided it, kept so it can be sent again.
+  struct SettleCall {
+    enum Kind { complete, retry, fail } kind = complete;
+    json::value result;
+    double latency = 0;
+    double delay = 0;
+    std::string reason;
+    json::object details;
+  };
+  /// Sends `call`, again on failure while the lease lasts; nullopt when it never went
+  /// through (logged).
+  Task<std::optional<Settle>> send_settle(InFlight& f, const SettleCall& call);
   Task<void> heartbeats();
   Task<void> deadline_watch();
   void arm_deadline(InFlight& f, double bound_s);
@@ -745,43 +757,85 @@ Task<void> Shard::run_job(std::shared_ptr<InFlight> f) {
 
 Task<void> Shard::settle(InFlight& f, RunResult r) {
   const auto& job = f.lj.job;
-  try {
-    if (r.kind == RunResult::interrupted || f.lease_lost) {
-      if (f.lease_lost) {
-        report(f, Outcome::lease_lost, "lease lost (expired and taken over, or cancelled)");
-      } else {
-        // W9: hand the lease back so another worker picks the job up at once.
-        co_await f.lane->queue->retry(f.lj.lease, 0, "worker shutdown before the job finished");
-        report(f, Outcome::handed_back, "worker shutdown");
-      }
+  if (r.kind == RunResult::interrupted || f.lease_lost) {
+    if (f.lease_lost) {
+      report(f, Outcome::lease_lost, "lease lost (expired and taken over, or cancelled)");
       co_return;
     }
-    const double latency = mono_s() - f.started;
-    Settle s = Settle::ok;
-    Outcome o;
-    std::string reason;
-    if (r.kind == RunResult::success) {
-      s = co_await f.lane->queue->complete(f.lj.lease, std::move(r.result), latency);
-      o = Outcome::succeeded;
-    } else if (!r.permanent && job.attempts < job.max_attempts) {
-      double delay = retry_delay(opts_, job.attempts);
-      reason = r.reason;
-      s = co_await f.lane->queue->retry(f.lj.lease, delay, r.reason);
-      o = r.kind == RunResult::timeout ? Outcome::timeout_retried : Outcome::retried;
-    } else {
-      json::object details = std::move(r.details);
-      details["attempts"] = job.attempts;
-      details["max_attempts"] = job.max_attempts;
-      details["worker_id"] = opts_.worker_id;
-      reason = r.permanent ? r.reason : r.reason + " (after " + std::to_string(job.attempts) + " attempts)";
-      s = co_await f.lane->queue->fail(f.lj.lease, reason, std::move(details));
-      o = Outcome::dead;
+    // W9: hand the lease back so another worker picks the job up at once.
+    SettleCall back{SettleCall::retry};
+    back.reason = "worker shutdown before the job finished";
+    if (co_await send_settle(f, back)) report(f, Outcome::handed_back, "worker shutdown");
+    co_return;
+  }
+  SettleCall call;
+  Outcome o;
+  if (r.kind == RunResult::success) {
+    call.kind = SettleCall::complete;
+    call.result = std::move(r.result);
+    call.latency = mono_s() - f.started;
+    o = Outcome::succeeded;
+  } else if (!r.permanent && job.attempts < job.max_attempts) {
+    call.kind = SettleCall::retry;
+    call.delay = retry_delay(opts_, job.attempts);
+    call.reason = r.reason;
+    o = r.kind == RunResult::timeout ? Outcome::timeout_retried : Outcome::retried;
+  } else {
+    call.kind = SettleCall::fail;
+    call.details = std::move(r.details);
+    call.details["attempts"] = job.attempts;
+    call.details["max_attempts"] = job.max_attempts;
+    call.details["worker_id"] = opts_.worker_id;
+    call.reason = r.permanent ? r.reason : r.reason + " (after " + std::to_string(job.attempts) + " attempts)";
+    o = Outcome::dead;
+  }
+  auto s = co_await send_settle(f, call);
+  if (!s) co_return;
+  if (*s == Settle::stale) report(f, Outcome::lease_lost, "lease expired before settle: " + call.reason);
+  else report(f, o, call.reason);
+}
+
+// A settle that fails (the connection dropped: the backends reconnect with backoff) is
+// sent again while the lease is still ours, so a finished job is not run a second time
+// just because the network blinked. Repeating is safe: every settle is fenced by the
+// lease token, so if the attempt that failed had reached the server, the repeat answers
+// stale, and that stale is this settle's own (reported as ok). Gives up after
+// kSettleAttempts or when the lease would expire before the next try: the job is then
+// redelivered when its lease expires (at-least-once, W8), as before.
+Task<std::optional<Settle>> Shard::send_settle(InFlight& f, const SettleCall& call) {
+  constexpr int kSettleAttempts = 5;
+  double backoff = 0.1;
+  for (int attempt = 1;; ++attempt) {
+    std::string error;
+    try {
+      Settle s = Settle::ok;
+      auto& q = *f.lane->queue;
+      switch (call.kind) {
+        case SettleCall::complete: s = co_await q.complete(f.lj.lease, call.result, call.latency); break;
+        case SettleCall::retry: s = co_await q.retry(f.lj.lease, call.delay, call.reason); break;
+        case SettleCall::fail: s = co_await q.fail(f.lj.lease, call.reason, call.details); break;
+      }
+      if (attempt > 1) {
+        log_record(LogLevel::info, "settle_retried",
+                   {{"job_id", f.lj.job.id}, {"attempt", attempt}, {"answer", s == Settle::ok ? "ok" : "stale"}});
+        s = Settle::ok;  // stale now: the attempt cut off had reached the server
+      }
+      co_return s;
+    } catch (const std::exception& e) {
+      error = e.what();
     }
-    if (s == Settle::stale) report(f, Outcome::lease_lost, "lease expired before settle: " + reason);
-    else report(f, o, reason);
-  } catch (const std::exception& e) {
-    // Not settled: the lease expires and the job is redelivered (at-least-once, W8).
-    log_record(LogLevel::error, "settle_failed", {{"job_id", job.id}, {"error", e.what()}});
+    const bool lease_left = mono_s() + backoff < f.last_beat + opts_.lease_s;
+    if (attempt >= kSettleAttempts || !lease_left || done_) {
+      // Not settled: the lease expires and the job is redelivered (at-least-once, W8).
+      log_record(LogLevel::error, "settle_failed", {{"job_id", f.lj.job.id}, {"attempts", attempt}, {"error", error}});
+      co_return std::nullopt;
+    }
+    log_record(LogLevel::warn, "settle_failed_retrying",
+               {{"job_id", f.lj.job.id}, {"attempt", attempt}, {"retry_in_s", backoff}, {"error", error}});
+    asio::steady_timer t(co_await asio::this_coro::executor);
+    t.expires_after(seconds(backoff));
+    co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+    backoff *= 2;
   }
 }
 

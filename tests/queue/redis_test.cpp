@@ -639,6 +639,7 @@ TEST_F(RedisQueueTest, WrongPasswordIsAQueueErrorAndRightPasswordWorks) {
     std::string msg = e.what();
     EXPECT_NE(msg.find("WRONGPASS"), std::string::npos) << msg;
     EXPECT_EQ(msg.find("wrong-pw"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(redact_url(server.url("wrong-pw"))), std::string::npos) << msg;
   }
   try {
     open_with(server.url());  // no password at all

@@ -110,9 +110,23 @@ TEST(SqliteUrl, ParsesAbsoluteAndRelativePaths) {
   EXPECT_EQ(o.path, "/x.db");
   EXPECT_EQ(o.busy_timeout.count(), 100);
   EXPECT_EQ(o.poll_interval.count(), 7);
-  EXPECT_THROW(parse_sqlite_url("sqlite://"), QueueError);
-  EXPECT_THROW(parse_sqlite_url("postgresql://x"), QueueError);
-  EXPECT_THROW(parse_sqlite_url("sqlite:///x.db?nope=1"), QueueError);
+  // Each refusal names the URL and what is wrong with it.
+  auto error_of = [](const std::string& url) -> std::string {
+    try {
+      parse_sqlite_url(url);
+    } catch (const QueueError& e) {
+      return e.what();
+    }
+    return "accepted";
+  };
+  for (auto [url, cause] : {std::pair<std::string, std::string>{"sqlite://", "path"},
+                            {"postgresql://x", "sqlite"},
+                            {"sqlite:///x.db?nope=1", "nope"},
+                            {"sqlite:///x.db?busy_timeout_ms=soon", "busy_timeout_ms"}}) {
+    auto msg = error_of(url);
+    EXPECT_NE(msg.find(url), std::string::npos) << msg;
+    EXPECT_NE(msg.find(cause), std::string::npos) << url << ": " << msg;
+  }
 }
 
 namespace {

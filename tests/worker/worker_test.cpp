@@ -136,6 +136,10 @@ struct LaneProbe {
   int settle_delay_ms = 0;          // every complete / retry / fail takes this long first
   int fetches_while_settling = 0;   // fetches issued while settles of the handle were out
   std::vector<int> max_outstanding;  // per handle: fetched jobs whose settle has not returned
+  // The next this many complete / retry / fail calls throw as a dropped connection does:
+  // before reaching the queue (the request was lost) or after it applied them (the reply was).
+  int lose_settle_requests = 0;
+  int lose_settle_replies = 0;
 };
 
 class ProbedQueue final : public queue::JobQueue {
@@ -167,19 +171,25 @@ class ProbedQueue final : public queue::JobQueue {
   }
   Task<queue::Settle> complete(const queue::Lease& l, json::value r, double s) override {
     co_await settling(l);
+    lose(p_.lose_settle_requests);
     auto out = co_await q_->complete(l, std::move(r), s);
+    lose(p_.lose_settle_replies);
     settled();
     co_return out;
   }
   Task<queue::Settle> retry(const queue::Lease& l, double d, std::string why) override {
     co_await settling(l);
+    lose(p_.lose_settle_requests);
     auto out = co_await q_->retry(l, d, std::move(why));
+    lose(p_.lose_settle_replies);
     settled();
     co_return out;
   }
   Task<queue::Settle> fail(const queue::Lease& l, std::string why, json::value d) override {
     co_await settling(l);
+    lose(p_.lose_settle_requests);
     auto out = co_await q_->fail(l, std::move(why), std::move(d));
+    lose(p_.lose_settle_replies);
     settled();
     co_return out;
   }
@@ -225,6 +235,16 @@ class ProbedQueue final : public queue::JobQueue {
   void settled() {
     --settling_;
     --outstanding_;
+  }
+  /// Throws as a dropped connection does while `budget` lasts (a settle not answered).
+  void lose(int& budget) {
+    {
+      std::lock_guard g(p_.mu);
+      if (budget <= 0) return;
+      --budget;
+    }
+    settled();
+    throw queue::QueueError("connection lost (test)");
   }
   std::unique_ptr<queue::JobQueue> q_;
   LaneProbe& p_;
@@ -599,6 +619,39 @@ TEST_F(WorkerTest, ASlotIsRefilledWhileItsJobIsBeingSettledWithinABound) {
     EXPECT_LE(probe.max_outstanding[h], 16) << "handle " << h << ": more than its slots of settles in flight";
   }
   EXPECT_EQ(probe.foreign_settles, 0);
+}
+
+// A settle that fails as a dropped connection makes it fail is sent again: the job is not
+// left to expire and run twice. Lost requests are simply repeated; a repeat after a lost
+// reply finds the job already settled (stale, its own doing) and still counts as done.
+TEST_F(WorkerTest, ASettleCutOffByALostConnectionIsSentAgain) {
+  std::vector<NewJob> jobs;
+  for (int i = 0; i < 40; ++i) jobs.push_back(job("counted", json::object{}));
+  auto ids = enqueue(jobs);
+  LaneProbe probe;
+  probe.lose_settle_requests = 3;
+  probe.lose_settle_replies = 3;
+  auto runs = std::make_shared<std::atomic<int>>(0);
+  auto o = options();
+  o.concurrency = 4;
+  o.lease_s = 30;  // nothing expires during the test: a second run could only come from a lost settle
+  o.open_queue = probed_opener(url_, probe);
+  FlowRegistry flows;
+  flows.add("counted", [runs] {
+    Node n("counted", [runs](Message m, Context&) -> Task<Message> {
+      ++*runs;
+      co_return m;
+    });
+    return Flow({n.to()});
+  });
+  Worker w(std::move(flows), o);
+  EXPECT_EQ(run(w), 0);
+  EXPECT_EQ(probe.lose_settle_requests, 0);
+  EXPECT_EQ(probe.lose_settle_replies, 0);
+  EXPECT_EQ(runs->load(), 40) << "a job ran again: its settle was given up";
+  EXPECT_EQ(w.stats().succeeded, 40u);
+  EXPECT_EQ(probe.settles, 46);  // 40 settles + 6 repeats
+  for (auto& id : ids) EXPECT_EQ(get(id).state, JobState::succeeded) << id;
 }
 
 TEST_F(WorkerTest, AnIdleShardWaitsForWorkThroughOneLane) {
