@@ -408,6 +408,43 @@ TEST(PostgresQueue, JobInsertedWithPsqlIsFetchedAndCompleted) {
   });
 }
 
+// Q9 through the documented plain-column INSERT (the conformance suite writes whole raw
+// documents): a row with no tenant, one whose payload is over the limit and one naming a
+// flow the worker does not know each go dead once with the codec's reason, and a good row
+// inserted among them is fetched.
+TEST(PostgresQueue, BadRowsInsertedWithPsqlGoDeadOnceWhileAGoodOneIsFetched) {
+  SKIP_WITHOUT_PG();
+  auto cfg = fresh_config();
+  cfg.max_payload_bytes = 64;
+  cfg.flow_known = [](std::string_view f) { return f == "quickstart"; };
+  const std::string s = "\"" + cfg.namespace_ + "\"";
+  with_queue(cfg, [&](JobQueue& q) -> Task<void> {
+    auto insert = [&](const std::string& flow, const std::string& tenant, const std::string& payload) {
+      return psql("INSERT INTO " + s + ".jobs (flow, tenant, payload) VALUES (" + flow + ", " + tenant + ", '" +
+                  payload + "') RETURNING id;\n");
+    };
+    const std::string big = "{\"text\": \"" + std::string(100, 'x') + "\"}";
+    auto no_tenant = insert("'quickstart'", "NULL", "{}");
+    auto too_big = insert("'quickstart'", "'acme'", big);
+    auto unknown = insert("'no-such-flow'", "'acme'", "{}");
+    auto good = insert("'quickstart'", "'acme'", "{\"n\": 1}");
+    auto got = co_await q.fetch(req(5s, 10));
+    EXPECT_EQ(got.size(), 1u);
+    if (got.size() != 1) co_return;
+    EXPECT_EQ(got[0].job.id, good);
+    EXPECT_EQ(co_await q.complete(got[0].lease, nullptr, 0.1), Settle::ok);
+    for (auto [id, reason] : {std::pair{no_tenant, std::string("malformed job: missing tenant")},
+                              std::pair{too_big, std::string("payload too large: ")},
+                              std::pair{unknown, std::string("unknown flow: no-such-flow")}}) {
+      auto j = co_await q.get(id, std::nullopt);
+      EXPECT_TRUE(j && j->state == JobState::dead) << id;
+      EXPECT_TRUE(j && j->reason.rfind(reason, 0) == 0) << (j ? j->reason : "missing");
+      EXPECT_EQ(psql("SELECT attempts FROM " + s + ".jobs WHERE id = '" + id + "';\n"), "1") << id;
+    }
+    EXPECT_TRUE((co_await q.fetch(req(300ms, 10))).empty());  // dead once: nothing comes back
+  });
+}
+
 // Completes address rows by the tuple id their claim returned; a row that moved since
 // (any update writes a new version) is still completed, by id, and a row whose lease was
 // taken over is not.

@@ -159,7 +159,7 @@ TEST(SqliteQueue, BadNamespaceIsRefused) {
 
 TEST(SqliteQueue, NewerSchemaVersionIsRefused) {
   auto path = (TempDir::path() / "newer.db").string();
-  EXPECT_EQ(open_error("sqlite://" + path), "");  // creates version 1
+  EXPECT_EQ(open_error("sqlite://" + path), "");  // creates the current version (kSqliteSchemaVersion)
   sql_exec(path, "UPDATE penguiflow_schema_version SET version = 99");
   auto msg = open_error("sqlite://" + path);
   EXPECT_NE(msg.find("schema version 99"), std::string::npos) << msg;
