@@ -220,7 +220,9 @@ std::vector<std::string> PrivatePostgres::as_postgres(std::vector<std::string> a
   return out;
 }
 
-PrivatePostgres::PrivatePostgres() : dir_("pf-proc-pg.") {
+PrivatePostgres::PrivatePostgres() : PrivatePostgres(std::string()) {}
+
+PrivatePostgres::PrivatePostgres(std::string password) : dir_("pf-proc-pg."), password_(std::move(password)) {
   if (!have_program(std::string(kPgBin) + "/initdb")) throw std::runtime_error(std::string("no ") + kPgBin + "/initdb");
   fs::permissions(dir_.path(), fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
                                    fs::perms::others_read | fs::perms::others_exec);
@@ -231,16 +233,31 @@ PrivatePostgres::PrivatePostgres() : dir_("pf-proc-pg.") {
     if (::chown((dir_.path() / "pg").c_str(), pw->pw_uid, pw->pw_gid) != 0) throw std::runtime_error("chown failed");
   }
   port_ = free_port();
-  auto r = run_command(as_postgres({std::string(kPgBin) + "/initdb", "-D", dir_.str("pg/data"), "-U", "postgres", "-A",
-                                    "trust", "--no-sync"}),
-                       dir_.path().string(), 60s);
+  std::vector<std::string> initdb{std::string(kPgBin) + "/initdb", "-D", dir_.str("pg/data"), "-U", "postgres",
+                                  "--no-sync", "-A"};
+  if (password_.empty()) {
+    initdb.push_back("trust");
+  } else {
+    const auto pwfile = dir_.path() / "pwfile";  // read by initdb, as the postgres user
+    std::ofstream(pwfile) << password_ << "\n";
+    fs::permissions(pwfile, fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
+                                fs::perms::others_read);
+    initdb.push_back("scram-sha-256");
+    initdb.push_back("--pwfile=" + pwfile.string());
+  }
+  auto r = run_command(as_postgres(initdb), dir_.path().string(), 60s);
   if (r.code != 0) throw std::runtime_error("initdb failed: " + r.err + r.out);
   start();
 }
 
 PrivatePostgres::~PrivatePostgres() { stop(); }
 
-std::string PrivatePostgres::url() const { return "postgresql://postgres@127.0.0.1:" + std::to_string(port_) + "/postgres"; }
+std::string PrivatePostgres::url() const { return url_with_password(password_); }
+
+std::string PrivatePostgres::url_with_password(const std::string& password) const {
+  return "postgresql://postgres" + (password.empty() ? std::string() : ":" + password) + "@127.0.0.1:" +
+         std::to_string(port_) + "/postgres";
+}
 
 void PrivatePostgres::start() {
   std::string opts = "-p " + std::to_string(port_) + " -k " + dir_.str("pg") +

@@ -100,8 +100,12 @@ long rss_kib(pid_t pid);
 class PrivatePostgres {
  public:
   PrivatePostgres();  // throws std::runtime_error when it cannot start
+  /// With `password` set, clients must give it (scram-sha-256 for every connection).
+  explicit PrivatePostgres(std::string password);
   ~PrivatePostgres();
-  std::string url() const;
+  std::string url() const;  // with the password, when there is one
+  /// The URL with another password (empty: none).
+  std::string url_with_password(const std::string& password) const;
   /// Immediate stop (as a crash would) then start again on the same port and data.
   void restart();
   void stop();
@@ -113,6 +117,7 @@ class PrivatePostgres {
   TempDir dir_;
   int port_ = 0;
   bool running_ = false;
+  std::string password_;
 };
 
 /// A redis-server of the test's own with AOF and appendfsync always (an acknowledged write

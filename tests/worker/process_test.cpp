@@ -753,6 +753,8 @@ TEST_F(CliBasics, BadUrlExitsNonZeroNamingTheUrlWithThePasswordRedacted) {
       EXPECT_NE(r.code, -1) << cmd << " " << url << " did not finish";
       EXPECT_NE(all.find("127.0.0.1:1"), std::string::npos) << cmd << ": the message should name the URL: " << all;
       EXPECT_EQ(all.find("secret"), std::string::npos) << cmd << ": the password leaked: " << all;
+      EXPECT_TRUE(all.find("refused") != std::string::npos || all.find("cannot connect") != std::string::npos)
+          << cmd << ": the message should say why: " << all;
     }
   }
   auto r = run({"stats", "-q", "sqlite:///no/such/dir/jobs.db"});
@@ -761,6 +763,35 @@ TEST_F(CliBasics, BadUrlExitsNonZeroNamingTheUrlWithThePasswordRedacted) {
   auto s = run({"stats", "-q", "ftp://host/x"});
   EXPECT_NE(s.code, 0);
   EXPECT_NE(s.err.find("ftp"), std::string::npos) << s.err;
+}
+
+// A PostgreSQL that wants a password: a wrong one (in the URL or in PGPASSWORD) is a
+// clear error naming the URL, redacted, and the server's cause; the right one works.
+TEST_F(CliBasics, WrongPostgresPasswordExitsNonZeroNamingTheCauseNotThePassword) {
+  if (!have_program("runuser") && ::geteuid() == 0) GTEST_SKIP() << "runuser is needed to run postgres as root";
+  std::unique_ptr<PrivatePostgres> pg;
+  try {
+    pg = std::make_unique<PrivatePostgres>("right-pw-1");
+  } catch (const std::exception& e) {
+    GTEST_SKIP() << "cannot start a private postgres server: " << e.what();
+  }
+  const auto wrong = pg->url_with_password("wrong-pw-2");
+  auto r = run({"stats", "-q", wrong});
+  std::string all = r.err + r.out;
+  EXPECT_EQ(r.code, 1) << all;
+  EXPECT_NE(all.find(queue::redact_url(wrong)), std::string::npos) << all;
+  EXPECT_NE(all.find("password authentication failed"), std::string::npos) << all;
+  EXPECT_EQ(all.find("wrong-pw-2"), std::string::npos) << "the password leaked: " << all;
+
+  std::vector<std::string> argv{kCliBin, "stats", "-q", pg->url_with_password("")};
+  r = run_command(argv, dir_.path().string(), 30s, {{"PGPASSWORD", "wrong-pw-3"}});
+  all = r.err + r.out;
+  EXPECT_EQ(r.code, 1) << all;
+  EXPECT_NE(all.find("password authentication failed"), std::string::npos) << all;
+  EXPECT_EQ(all.find("wrong-pw-3"), std::string::npos) << "the password leaked: " << all;
+
+  r = run({"stats", "-q", pg->url()});
+  EXPECT_EQ(r.code, 0) << r.err << r.out;
 }
 
 TEST_F(CliBasics, HelpOnEverySubcommandExitsZero) {
