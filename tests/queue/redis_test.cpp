@@ -605,6 +605,36 @@ TEST_F(RedisQueueTest, AQueueOfANewerLayoutIsRefusedWithBothVersionsNamed) {
   admin_cmd({"DEL", key});
 }
 
+// While the server cannot be reached, connection attempts back off: 100 ms after the first
+// failure, doubling, at most 2 s apart (docs/backends.md). Each request waits for the next
+// attempt and fails with it, so the gaps between failures are the backoff. Lower bounds
+// only (a slow machine can only widen them), plus a cap far below what doubling would reach.
+TEST(RedisReconnect, AttemptsBackOffFrom100msDoublingTo2s) {
+  const std::string url = "redis://127.0.0.1:" + std::to_string(free_port()) + "/0";
+  std::vector<double> failed_at;
+  penguiflow::testing::run_async([&]() -> Task<void> {
+    Connection c(co_await asio::this_coro::executor, parse_redis_url(url));
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < 8; ++i) {
+      bool failed = false;
+      try {
+        std::vector<std::string> ping{"PING"};
+        co_await c.exec(std::move(ping));
+      } catch (const QueueError&) {
+        failed = true;
+      }
+      EXPECT_TRUE(failed) << "request " << i << " reached a server";
+      failed_at.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    c.close();
+  }(), 30s);
+  ASSERT_EQ(failed_at.size(), 8u);
+  const double expected[] = {0.1, 0.2, 0.4, 0.8, 1.6, 2.0, 2.0};  // gap before request 1..7
+  for (std::size_t i = 1; i < failed_at.size(); ++i)
+    EXPECT_GE(failed_at[i] - failed_at[i - 1], 0.9 * expected[i - 1]) << "gap before request " << i;
+  EXPECT_LT(failed_at[7] - failed_at[6], 3.5) << "no cap: doubling would wait 6.4 s here";
+}
+
 TEST_F(RedisQueueTest, BadUrlAndBadNamespaceAreQueueErrors) {
   for (std::string url : {std::string("redis://127.0.0.1:6379/zero"), std::string("postgres://x/y")}) {
     EXPECT_THROW(penguiflow::testing::run_async([&]() -> Task<void> {
