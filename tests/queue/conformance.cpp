@@ -253,6 +253,7 @@ TEST_P(QueueConformance, Q2_RetryKeepsReasonAndDelays) {
     auto again = co_await fetch_one(q);
     REQUIRE(again.job.id == r.id);
     REQUIRE(again.job.attempts == 2);
+    REQUIRE(again.job.reason == "flaky upstream");  // the next attempt is told why the last one failed
     REQUIRE(unix_now() >= g->run_at - 0.05);
     REQUIRE(co_await q.retry(lj.lease, 0, S("old lease")) == Settle::stale);
     REQUIRE(co_await q.complete(again.lease, nullptr, 0.1) == Settle::ok);

@@ -196,7 +196,8 @@ class JobQueue {
   /// jobs still being settled: the server never holds more of its leases than it has
   /// slots, and the settles can travel with the fetch (Redis: one script call for both).
   /// false by default (PostgreSQL settles on a second connection; SQLite batches them on
-  /// its own thread).
+  /// its own thread: carrying them in the claim's transaction was tried and measured
+  /// slower, bench/README).
   virtual bool fetch_carries_settles() const { return false; }
 };
 

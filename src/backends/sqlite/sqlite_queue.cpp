@@ -270,6 +270,7 @@ struct ClaimedRow {
   std::string id, doc, token;
   int attempts, priority;
   double run_at, created_at;
+  std::string reason;  // the last retry's, as every backend hands it to the next attempt
 };
 
 struct ClaimResult {
@@ -982,7 +983,7 @@ class SqliteQueue final : public JobQueue {
     int limit = std::max(0, req.max_jobs);
     {
       auto q = db.prepare(claim_select_stmt_, [&] {
-        return "SELECT seq, id, doc, attempts, priority, run_at, created_at FROM " + jobs_ +
+        return "SELECT seq, id, doc, attempts, priority, run_at, created_at, reason FROM " + jobs_ +
                " WHERE ready_at IS NOT NULL AND ready_at <= ?1 ORDER BY priority DESC, ready_at, seq LIMIT ?2";
       });
       q.bind(1, now).bind(2, limit);
@@ -990,7 +991,7 @@ class SqliteQueue final : public JobQueue {
         auto seq = q.integer(0);
         r.rows.push_back(ClaimedRow{seq, q.text(1), q.text(2), token + '.' + std::to_string(seq),
                                     static_cast<int>(q.integer(3)) + 1, static_cast<int>(q.integer(4)), q.real(5),
-                                    q.real(6)});
+                                    q.real(6), q.text(7)});
       }
     }
     if (!r.rows.empty()) {
@@ -1043,6 +1044,7 @@ class SqliteQueue final : public JobQueue {
       j.run_at = row.run_at;
       j.state = JobState::running;
       j.created_at = row.created_at;
+      j.reason = std::move(row.reason);
       j.updated_at = r.now;
       j.lease_owner = owner;
       j.lease_expires_at = r.expires;
