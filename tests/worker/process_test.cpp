@@ -794,6 +794,58 @@ TEST_F(CliBasics, WrongPostgresPasswordExitsNonZeroNamingTheCauseNotThePassword)
   EXPECT_EQ(r.code, 0) << r.err << r.out;
 }
 
+#ifdef PF_HAVE_POSTGRES
+// While its server is down, a PostgreSQL queue backs off between connection attempts (100
+// ms after a failure, doubling, at most 5 s: docs/backends.md), and works again once the
+// server is back, on the same queue object. Each call waits for the next attempt and fails
+// with it, so the time to fail 6 calls is the backoff: a lower bound only (a slow machine
+// can only stretch it), and no call may wait beyond the cap.
+TEST(PostgresReconnect, AttemptsBackOffWhileTheServerIsDownThenRecover) {
+  if (!have_program("runuser") && ::geteuid() == 0) GTEST_SKIP() << "runuser is needed to run postgres as root";
+  std::unique_ptr<PrivatePostgres> pg;
+  try {
+    pg = std::make_unique<PrivatePostgres>();
+  } catch (const std::exception& e) {
+    GTEST_SKIP() << "cannot start a private postgres server: " << e.what();
+  }
+  std::vector<double> failed_at;
+  bool recovered = false;
+  run_async([&]() -> Task<void> {
+    queue::QueueConfig cfg;
+    cfg.namespace_ = "backoff";
+    auto q = co_await queue::open_queue(co_await asio::this_coro::executor, pg->url(), cfg);
+    (void)co_await q->counts();
+    pg->stop();
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < 6; ++i) {
+      try {
+        (void)co_await q->counts();
+        ADD_FAILURE() << "call " << i << " reached a stopped server";
+      } catch (const queue::QueueError&) {
+      }
+      failed_at.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    pg->start();
+    // The next attempt is at most one backoff (5 s) away.
+    for (int i = 0; i < 3 && !recovered; ++i) {
+      try {
+        (void)co_await q->counts();
+        recovered = true;
+      } catch (const queue::QueueError&) {
+      }
+    }
+    co_await q->close();
+  }(), 60s);
+  ASSERT_EQ(failed_at.size(), 6u);
+  // The first call finds the connection dead and tries once; then 0.1 + 0.2 + 0.4 + 0.8 +
+  // 1.6 s of backoff before the sixth fails.
+  EXPECT_GE(failed_at[5], 0.9 * 3.1) << "attempts were not spaced: the server was hammered";
+  for (std::size_t i = 1; i < failed_at.size(); ++i)
+    EXPECT_LT(failed_at[i] - failed_at[i - 1], 5.0 + 1.5) << "a call waited beyond the 5 s cap";
+  EXPECT_TRUE(recovered) << "the queue did not reconnect after the server came back";
+}
+#endif
+
 TEST_F(CliBasics, HelpOnEverySubcommandExitsZero) {
   for (auto sub : {"demo", "worker", "enqueue", "jobs", "stats", "dead", "requeue", "purge", "cancel", "flows"}) {
     auto r = run({sub, "--help"});
