@@ -24,7 +24,8 @@ inline constexpr int kRedisLayoutVersion = 3;
 /// from the URL, else from REDIS_PASSWORD; /db selects the database (default 0).
 /// Connects, authenticates and loads the scripts before returning.
 /// Throws QueueError naming the redacted URL and the cause (invalid URL, connection
-/// refused, WRONGPASS, invalid namespace, a queue of a newer layout). Cancellation: abandons the connection attempt.
+/// refused, WRONGPASS, invalid namespace, a queue of a newer layout). Cancellation:
+/// abandons the connection attempt.
 Task<std::unique_ptr<JobQueue>> open_redis_queue(boost::asio::any_io_executor ex, std::string url,
                                                  QueueConfig config);
 

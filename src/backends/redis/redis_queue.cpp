@@ -141,26 +141,25 @@ constexpr std::size_t kFetchFields = 7;
 /// reason (nil where the hash has no such field), at `f`; now running. The priority comes
 /// from the document (the hash's copy never differs).
 Job job_from_fetch(const RespValue* f, const QueueConfig& config, double now, std::optional<DecodeError>* decode_error) {
-  auto at = [&](std::size_t i) -> const RespValue& { return f[i]; };
-  const std::string& id = at(0).str;
+  const std::string& id = f[0].str;
   Job job;
-  if (at(1).is_nil()) {
+  if (f[1].is_nil()) {
     *decode_error = DecodeError{DecodeError::Code::bad_json, "malformed job: job document missing (no 'doc' field)"};
   } else {
-    auto d = decode_job_document(at(1).str, config, id);
+    auto d = decode_job_document(f[1].str, config, id);
     if (d.job)
       job = std::move(*d.job);
     else
       *decode_error = d.error;
   }
   job.id = id;
-  if (const auto& t = at(2).str; !t.empty() || job.tenant.empty()) job.tenant = t;
+  if (const auto& t = f[2].str; !t.empty() || job.tenant.empty()) job.tenant = t;
   job.state = JobState::running;
-  job.attempts = to_int(at(3).str, job.attempts);
-  job.run_at = to_double(at(4).str, job.run_at);
-  job.created_at = to_double(at(5).str);
+  job.attempts = to_int(f[3].str, job.attempts);
+  job.run_at = to_double(f[4].str, job.run_at);
+  job.created_at = to_double(f[5].str);
   job.updated_at = now;
-  job.reason = at(6).str;
+  job.reason = f[6].str;
   return job;
 }
 

@@ -271,8 +271,8 @@ if n > 0 then
   end
 end
 count_flush()
--- Nothing left to signal: drop stale wake-up tokens (ZPOPMIN taking fewer than asked
--- emptied the set); else wake waiters for the jobs this call's retries made ready (as a
+-- Nothing left to signal: drop stale wake-up tokens (taking fewer than asked emptied the
+-- set); else wake waiters for the jobs this call's retries made ready (as a
 -- settle_batch call and the fetch after it would leave the tokens).
 if #taken < max or redis.call('ZCARD', K_READY) == 0 then
   redis.call('DEL', K_WAKE)
