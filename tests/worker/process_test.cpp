@@ -565,20 +565,36 @@ TEST_P(W11_W1_BadJobs, UnknownFlowBadPayloadAndMissingTenantGoDeadOnceWithAReaso
 
 PF_SERVER_SUITE(W8_ServerRestart);
 
+/// A PostgreSQL cluster of the test's own (requiring `password` when one is given), or
+/// null with `why` it cannot run here.
+std::unique_ptr<PrivatePostgres> start_private_postgres(std::string& why, const std::string& password) {
+  if (!have_program("runuser") && ::geteuid() == 0) {
+    why = "runuser is needed to run postgres as root";
+    return nullptr;
+  }
+  try {
+    return std::make_unique<PrivatePostgres>(password);
+  } catch (const std::exception& e) {
+    why = std::string("cannot start a private postgres server: ") + e.what();
+    return nullptr;
+  }
+}
+
 // The queue server is restarted mid-run (a private server of the test's own): the worker
 // reconnects and every job ends succeeded; nothing acknowledged is lost.
 TEST_P(W8_ServerRestart, WorkerReconnectsAndEveryJobEndsSucceeded) {
   std::unique_ptr<PrivatePostgres> pg;
   std::unique_ptr<PrivateRedis> redis;
-  try {
-    if (be_.name == "postgres") {
-      if (!have_program("runuser") && ::geteuid() == 0) GTEST_SKIP() << "runuser is needed to run postgres as root";
-      pg = std::make_unique<PrivatePostgres>();
-    } else {
+  if (be_.name == "postgres") {
+    std::string why;
+    pg = start_private_postgres(why, "");
+    if (!pg) GTEST_SKIP() << why;
+  } else {
+    try {
       redis = std::make_unique<PrivateRedis>();
+    } catch (const std::exception& e) {
+      GTEST_SKIP() << "cannot start a private redis server: " << e.what();
     }
-  } catch (const std::exception& e) {
-    GTEST_SKIP() << "cannot start a private " << be_.name << " server: " << e.what();
   }
   cleanup_namespace(be_);  // the shared server's namespace is not used here
   be_.url = pg ? pg->url() : redis->url();
@@ -768,13 +784,9 @@ TEST_F(CliBasics, BadUrlExitsNonZeroNamingTheUrlWithThePasswordRedacted) {
 // A PostgreSQL that wants a password: a wrong one (in the URL or in PGPASSWORD) is a
 // clear error naming the URL, redacted, and the server's cause; the right one works.
 TEST_F(CliBasics, WrongPostgresPasswordExitsNonZeroNamingTheCauseNotThePassword) {
-  if (!have_program("runuser") && ::geteuid() == 0) GTEST_SKIP() << "runuser is needed to run postgres as root";
-  std::unique_ptr<PrivatePostgres> pg;
-  try {
-    pg = std::make_unique<PrivatePostgres>("right-pw-1");
-  } catch (const std::exception& e) {
-    GTEST_SKIP() << "cannot start a private postgres server: " << e.what();
-  }
+  std::string why;
+  auto pg = start_private_postgres(why, "right-pw-1");
+  if (!pg) GTEST_SKIP() << why;
   const auto wrong = pg->url_with_password("wrong-pw-2");
   auto r = run({"stats", "-q", wrong});
   std::string all = r.err + r.out;
@@ -801,13 +813,9 @@ TEST_F(CliBasics, WrongPostgresPasswordExitsNonZeroNamingTheCauseNotThePassword)
 // with it, so the time to fail 6 calls is the backoff: a lower bound only (a slow machine
 // can only stretch it), and no call may wait beyond the cap.
 TEST(PostgresReconnect, AttemptsBackOffWhileTheServerIsDownThenRecover) {
-  if (!have_program("runuser") && ::geteuid() == 0) GTEST_SKIP() << "runuser is needed to run postgres as root";
-  std::unique_ptr<PrivatePostgres> pg;
-  try {
-    pg = std::make_unique<PrivatePostgres>();
-  } catch (const std::exception& e) {
-    GTEST_SKIP() << "cannot start a private postgres server: " << e.what();
-  }
+  std::string why;
+  auto pg = start_private_postgres(why, "");
+  if (!pg) GTEST_SKIP() << why;
   std::vector<double> failed_at;
   bool recovered = false;
   run_async([&]() -> Task<void> {
